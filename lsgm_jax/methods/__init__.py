@@ -1,0 +1,17 @@
+"""Model families, each a ``methods.base.Method``; one explicit name -> class mapping."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lsgm_jax.methods.base import Method
+from lsgm_jax.methods.sgm import SGM
+
+METHODS: dict[str, type[Method]] = {"sgm": SGM}
+
+
+def build_method(config: ml_collections.ConfigDict, data_info) -> Method:
+  """The method named by ``config.method``, built for the dataset ``data_info``."""
+  if config.method not in METHODS:
+    raise ValueError(f"config.method={config.method!r} is not one of {sorted(METHODS)}")
+  return METHODS[config.method](config, data_info)

@@ -53,6 +53,15 @@ class SDE(abc.ABC):
   def prior_logp(self, z: Array) -> Array:
     """Log-density of the prior p_T, one value per example (shape [B])."""
 
+  def discretize(self, x: Array, t: Array, dt: float | Array) -> tuple[Array, Array]:
+    """One forward step t - dt -> t as x_t = x_{t-dt} + f + G z, z ~ N(0, I).
+
+    Default: Euler-Maruyama, f = drift * dt, G = diffusion * sqrt(dt). VP and VE override
+    it with the DDPM / SMLD discretisations (score_sde's ``SDE.discretize``). ``dt > 0``.
+    """
+    drift, diffusion = self.sde(x, t)
+    return drift * dt, diffusion * jnp.sqrt(dt)
+
   def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
     """The reverse-time SDE (or probability-flow ODE) driven by ``score_fn``."""
     return ReverseSDE(self, score_fn, probability_flow)
@@ -78,3 +87,16 @@ class ReverseSDE:
     drift = drift - weight * diffusion**2 * score
     diffusion = jnp.zeros_like(diffusion) if self.probability_flow else diffusion
     return drift, diffusion
+
+  def discretize(self, x: Array, t: Array, dt: float | Array) -> tuple[Array, Array]:
+    """Reverse of ``forward.discretize``: a step t -> t - dt is x <- x - f + G z.
+
+    f = f_fwd - w G^2 score (w = 1/2 for the probability flow, G then 0), as in
+    score_sde's reverse-diffusion predictor.
+    """
+    f, g = self.forward.discretize(x, t, dt)
+    score = self.score_fn(x, t)
+    weight = 0.5 if self.probability_flow else 1.0
+    f = f - weight * g**2 * score
+    g = jnp.zeros_like(g) if self.probability_flow else g
+    return f, g

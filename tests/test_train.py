@@ -1,0 +1,193 @@
+"""The training loop: sharding equivalence, exact resume, preemption, topology-free
+restore, the skip guard, and what a trained toy model samples."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lsgm_jax import checkpoint, data, parallel, train
+from lsgm_jax.train_state import TrainState
+from tests.helpers import REPO, load_config, main_command, subprocess_env
+
+
+def smoke_config(**overrides):
+  config = load_config("sgm_toy", "smoke")
+  config.checkpoint.async_save = False
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    setattr(config[section], field, value)
+  return config
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def max_rel_diff(a, b) -> float:
+  worst = 0.0
+  for x, y in zip(leaves(a), leaves(b)):
+    scale = max(np.max(np.abs(y)), 1e-8)
+    worst = max(worst, float(np.max(np.abs(x - y)) / scale))
+  return worst
+
+
+def latest_state(workdir: str, config) -> tuple[TrainState, dict]:
+  exp = train.Experiment(config, workdir, devices=jax.devices()[:1])
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  step = ckpt.latest_step()
+  target = checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_shardings)
+  state, meta = ckpt.restore(step, target, exp.fingerprint)
+  ckpt.close()
+  return state, meta
+
+
+def test_eight_device_step_equals_one_device(tmp_path):
+  assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+  config = smoke_config(**{"training.num_train_steps": 6, "training.batch_size": 64})
+  config.parallel.fsdp = 2  # also exercise the FSDP axis: mesh (4, 2)
+  config.parallel.fsdp_min_size = 64
+  one = train.train(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+  eight = train.train(config, str(tmp_path / "eight"), devices=jax.devices())
+  assert max_rel_diff(eight.params, one.params) <= 1e-5
+  assert max_rel_diff(eight.opt_state, one.opt_state) <= 1e-5
+  # At least one leaf really was sharded over the fsdp axis.
+  specs = [leaf.sharding.spec for leaf in jax.tree.leaves(eight.params)]
+  assert any("fsdp" in tuple(s) for s in specs)
+
+
+def test_exact_resume_is_bitwise(tmp_path):
+  config = smoke_config(**{"training.num_train_steps": 16, "checkpoint.every_steps": 100})
+  straight = train.train(config, str(tmp_path / "straight"), devices=jax.devices()[:1])
+  half = smoke_config(**{"training.num_train_steps": 8, "checkpoint.every_steps": 100})
+  train.train(half, str(tmp_path / "resumed"), devices=jax.devices()[:1])
+  _, meta = latest_state(str(tmp_path / "resumed"), half)
+  assert meta["data_position"] == 8
+  resumed = train.train(config, str(tmp_path / "resumed"), devices=jax.devices()[:1])
+  assert int(resumed.step) == 16
+  for a, b in zip(leaves(straight), leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_skip_guard_leaves_state_untouched(tmp_path):
+  exp = train.Experiment(smoke_config(), str(tmp_path), devices=jax.devices()[:1])
+  state = exp.init_fn(exp.rng)
+  batch = next(data.make_train_iterator(exp.config.data, global_batch_size=64, seed=0))
+  good, _ = exp.method.train_step(state, parallel.global_batch(batch, exp.mesh))
+  bad_batch = dict(batch, x=np.full_like(batch["x"], np.nan))
+  after, metrics = exp.method.train_step(good, parallel.global_batch(bad_batch, exp.mesh))
+  assert float(metrics["skipped"]) == 1.0
+  assert int(after.num_skipped) == 1 and int(after.consecutive_skips) == 1
+  assert int(after.step) == int(good.step) + 1
+  for name in ("params", "ema_params", "opt_state"):
+    for a, b in zip(leaves(getattr(after, name)), leaves(getattr(good, name))):
+      np.testing.assert_array_equal(a, b)
+  recovered, metrics = exp.method.train_step(after, parallel.global_batch(batch, exp.mesh))
+  assert float(metrics["skipped"]) == 0.0 and int(recovered.consecutive_skips) == 0
+
+
+def test_consecutive_skips_stop_the_run_with_the_term_named(tmp_path, monkeypatch):
+  real = data.make_train_iterator
+
+  def nan_iterator(*args, **kwargs):
+    for batch in real(*args, **kwargs):
+      yield dict(batch, x=np.full_like(batch["x"], np.nan))
+
+  monkeypatch.setattr(data, "make_train_iterator", nan_iterator)
+  config = smoke_config(**{"training.max_consecutive_skips": 3})
+  with pytest.raises(train.SkipLimitError, match=r"3 consecutive steps skipped, the last "
+                     r"at step 3 \(non-finite loss term 'loss/dsm'"):
+    train.train(config, str(tmp_path), devices=jax.devices()[:1])
+
+
+def test_threshold_set_too_low_is_reported_not_frozen(tmp_path):
+  config = smoke_config(**{"training.skip_threshold": 1e-9,
+                           "training.max_consecutive_skips": 4})
+  with pytest.raises(train.SkipLimitError, match=r"grad norm .* >= training.skip_threshold"):
+    train.train(config, str(tmp_path), devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize("save_devices,restore_devices", [(8, 1), (1, 8)])
+def test_checkpoint_restores_on_other_topology(tmp_path, save_devices, restore_devices):
+  config = smoke_config()
+  config.parallel.fsdp = 2 if save_devices == 8 else 1
+  config.parallel.fsdp_min_size = 64
+  saver = train.Experiment(config, str(tmp_path), devices=jax.devices()[:save_devices])
+  state = saver.init_fn(jax.random.PRNGKey(7))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), config.checkpoint)
+  ckpt.save(3, state, {"data_position": 3, "fingerprint": saver.fingerprint})
+  ckpt.close()
+
+  config.parallel.fsdp = 2 if restore_devices == 8 else 1
+  loader = train.Experiment(config, str(tmp_path), devices=jax.devices()[:restore_devices])
+  restored, meta = loader.init_or_restore(checkpoint.Checkpointer(str(tmp_path), config.checkpoint))
+  assert meta["data_position"] == 3
+  for a, b in zip(leaves(restored), leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  devices = {d for leaf in jax.tree.leaves(restored.params) for d in leaf.devices()}
+  assert len(devices) == restore_devices
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+  train.train(smoke_config(), str(tmp_path), devices=jax.devices()[:1])
+  other = smoke_config(**{"model.hidden": 64})
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"written by a different model .* use a new --workdir"):
+    train.train(other, str(tmp_path), devices=jax.devices()[:1])
+
+
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  cmd = main_command("configs/sgm_toy.py:smoke", workdir,
+                     "--config.training.num_train_steps=100000",
+                     "--config.checkpoint.every_steps=25",
+                     "--config.checkpoint.async_save=False")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+      break
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  preempted_at = steps[-1]
+  assert preempted_at >= 25
+
+  config = smoke_config(**{"training.num_train_steps": preempted_at + 5})
+  state = train.train(config, workdir, devices=jax.devices()[:1])
+  assert int(state.step) == preempted_at + 5
+
+
+def test_toy_model_learns_the_swiss_roll(tmp_path):
+  """600 steps on the swiss roll: samples sit far closer to held-out data than the prior."""
+  config = load_config("sgm_toy")
+  config.training.num_train_steps = 600
+  config.training.batch_size = 256
+  config.training.log_every = 200
+  config.checkpoint.every_steps = 0
+  config.optim.warmup_steps = 50
+  config.sampling.num_steps = 200
+  config.sampling.num_samples = 1000
+  config.sampling.batch_size = 1000
+  state = train.train(config, str(tmp_path), devices=jax.devices()[:1])
+  exp = train.Experiment(config, str(tmp_path), devices=jax.devices()[:1])
+  samples, info = train.generate_samples(exp, state, 1000, seed=1)
+  assert info["nfe"] >= 200
+  held_out = next(data.make_eval_iterator(config.data, global_batch_size=1000))["x"]
+  prior = np.random.default_rng(0).normal(size=held_out.shape)
+  from lsgm_jax.evaluation.distances import mmd_rbf
+  mmd_samples = mmd_rbf(samples, held_out)
+  mmd_prior = mmd_rbf(prior, held_out)
+  assert mmd_samples < 0.1 * mmd_prior, (mmd_samples, mmd_prior)
