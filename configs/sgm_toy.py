@@ -6,6 +6,8 @@ CLD-SGM), ``:smoke`` (a few steps, for tests).
 
 from lsgm_jax.config_defaults import get_default_config
 
+VARIANTS = ("", "diamond", "smoke")
+
 
 def get_config(variant: str = ""):
   config = get_default_config()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write (or print) and submit an sbatch script for N nodes x G GPUs running lsgm_jax.
+r"""Write (or print) and submit an sbatch script for N nodes x G GPUs running lsgm_jax.
 
 Process layout: one SLURM task, i.e. one JAX process, per GPU
 (``--ntasks-per-node=G --gpus-per-node=G``). That is the layout
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="slurm_gpu.py", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-      epilog="Config overrides go last, one argument each: --config.a.b=value (quote "
+      epilog="Config overrides: one argument each, --config.a.b=value (quote "
              "values with spaces). Other lsgm_jax.main flags go after --.")
   parser.add_argument("--config", required=True,
                       help="Config file[:variant], relative to --repo-dir.")

@@ -8,4 +8,6 @@
 # Add --dry-run to print the gcloud commands instead of running them.
 # PYTHON=python3.11 launch/tpu_pod.sh ... picks the local interpreter.
 set -euo pipefail
-exec "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/tpu_vm.py" "$@"
+here="${BASH_SOURCE[0]%/*}"
+[[ "${here}" == "${BASH_SOURCE[0]}" ]] && here=.
+exec "${PYTHON:-python3}" "${here}/tpu_vm.py" "$@"

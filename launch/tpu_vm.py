@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Create, set up, run on and delete a Cloud TPU VM or TPU pod slice with `gcloud`.
+r"""Create, set up, run on and delete a Cloud TPU VM or TPU pod slice with `gcloud`.
 
 Every subcommand builds a list of `gcloud compute tpus tpu-vm ...` commands and either
 prints them (`--dry-run`, no network, nothing executed) or runs them one after the other,
@@ -211,8 +211,8 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> list[Command]:
           "hosts: every host must run the trainer, so use --worker=all")
     if not args.workdir.startswith("gs://"):
       raise LaunchError(
-          f"--workdir={args.workdir!r}: on a pod slice every host writes checkpoints to the "
-          "same workdir, so it must be a gs:// bucket path")
+          f"--workdir={args.workdir!r}: on a pod slice every host writes checkpoints to "
+          "the same workdir, so it must be a gs:// bucket path")
   module_args = [f"--config={args.config}", f"--workdir={args.workdir}",
                  f"--mode={args.mode}", *overrides]
   env = " ".join(env_assignments(args.env))
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--local-log-dir", default=None,
                    help="Write each worker's output to DIR/<worker>.log on this machine "
                         "(gcloud --output-directory) instead of the terminal.")
-  run.epilog = ("Config overrides go last, one argument each: --config.a.b=value "
+  run.epilog = ("Config overrides: one argument each, --config.a.b=value "
                 "(quote values with spaces). Other lsgm_jax.main flags go after --.")
 
   logs = add("logs", [common, workers])
@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   add("stop", [common, workers])
   exec_ = add("exec", [common, workers])
-  exec_.epilog = "Example: tpu_vm.py exec --name=x -- python3 -c 'import jax; print(jax.devices())'"
+  exec_.epilog = ("Example: tpu_vm.py exec --name=x -- "
+                  "python3 -c \"'import jax; print(jax.device_count())'\"")
   add("delete", [common])
   return parser
 

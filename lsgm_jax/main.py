@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import sys
 
 # TensorFlow (tf.data, clu's writers) must never take accelerator memory; hide
@@ -48,6 +49,43 @@ def hide_accelerators_from_tensorflow() -> None:
       pass
 
 
+def config_error_line(error: BaseException, argv: list[str]) -> str:
+  """One line for a config that failed to load: the field, and a suggestion if any."""
+  text = str(error).replace("\\n", " ").strip("'\" ")
+  unknown = re.search(r'Key "([^"]+)" does not exist', text)
+  if unknown:
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    return (f"unknown config field {unknown.group(1)!r}"
+            + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+  if isinstance(error, (AttributeError, KeyError)):
+    name = text.strip("'\"")
+    for arg in argv:
+      match = re.match(r"--config\.([\w.]+)=", arg)
+      if match and match.group(1).split(".")[-1] == name:
+        return f"unknown config field 'config.{match.group(1)}' (from {arg})"
+    return f"unknown config field {name!r}"
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  line = re.sub(r"^\w+(Error|Exception): ", "", lines[-1]) if lines else type(error).__name__
+  for arg in argv:  # name the override whose value failed to parse
+    match = re.match(r"--config\.([\w.]+)=(.*)", arg)
+    if match and match.group(2) and repr(match.group(2))[1:-1] in line:
+      return f"invalid value in {arg}: {line}"
+  return line
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config-file and override errors as one line (exit 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    cause = e.__cause__ or e.__context__ or e
+    print(f"lsgm_jax: error: {config_error_line(cause, argv)}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:  # a config file that raises while loading  # noqa: BLE001
+    print(f"lsgm_jax: error: {config_error_line(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run(config, workdir: str, mode: Mode):
   """Runs one mode; the importable core of ``main`` (tests call it directly)."""
   from lsgm_jax import config_checks, train
@@ -82,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -8,18 +8,18 @@ weightings of score_sde's ``losses.get_sde_loss_fn`` (continuous time):
 
 Per-example values are SUMS over the non-batch dimensions by default (``reduce="sum"``),
 which is what makes ``weighting="likelihood"`` a likelihood bound; ``reduce="mean"``
-divides by the number of dimensions. The CLD losses live in ``objectives/hsm.py``.
+divides by the number of dimensions. The CLD losses (``cld_dsm_loss``, ``hsm_loss``) live
+in ``objectives/hsm.py``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from lsgm_jax.sde.base import SDE, Array, ScoreFn, batch_broadcast
+from lsgm_jax.sde.base import SDE, Array, ScoreFn
 
 Weighting = Literal["likelihood", "simple", "none"]
 Reduce = Literal["sum", "mean"]

@@ -12,7 +12,6 @@ Shared helpers (used by the other samplers): :func:`prior_state`, :func:`split_s
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
@@ -20,13 +19,14 @@ import jax.numpy as jnp
 
 from lsgm_jax.samplers.time_grid import step_table
 from lsgm_jax.sde.base import SDE, Array, ScoreFn
+from lsgm_jax.sde.cld import CLD
 
 Info = dict[str, Any]
 
 
 def is_augmented(sde: SDE) -> bool:
   """True for processes on an augmented state u = (x, v) (CLD)."""
-  return bool(getattr(sde, "is_augmented", False))
+  return isinstance(sde, CLD)
 
 
 def state_shape(sde: SDE, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -138,8 +138,3 @@ def euler_maruyama(rng: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
 
   u, _ = jax.lax.scan(step, u, (step_keys(rng_steps, num_steps), t_start, dt))
   return finish(sde, score_fn, u, eps, denoise, num_steps)
-
-
-def num_dims(shape: tuple[int, ...]) -> int:
-  """Number of non-batch dimensions of ``shape``."""
-  return math.prod(shape[1:])

@@ -83,6 +83,13 @@ def _exp_remainder3(y: Array) -> Array:
   return jnp.where(y < _SERIES_CUT, acc, direct)
 
 
+@jax.jit
+def _kernel_special(y: Array) -> tuple[Array, Array, Array, Array, Array]:
+  """(e^{-y}, P(1,y), P(2,y), P(3,y), R_3(y)); jitted so eager callers pay one dispatch."""
+  return (jnp.exp(-y), _reg_lower_gamma(1, y), _reg_lower_gamma(2, y),
+          _reg_lower_gamma(3, y), _exp_remainder3(y))
+
+
 def cholesky_2x2(cov: Cov2, det: Array | None = None) -> Cov2:
   """Cholesky factor (l11, l21, l22) of [[sxx, sxv], [sxv, svv]].
 
@@ -196,8 +203,7 @@ class CLD(SDE):
     """Sigma = exp(BA) diag(var0x, var0v) exp(BA)^T + Q(B) and its determinant, B >= 0."""
     gam, mass = self.damping, self.mass
     y = 4.0 * big_b / gam
-    e = jnp.exp(-y)
-    p1, p2, p3 = (_reg_lower_gamma(k, y) for k in (1, 2, 3))
+    e, p1, p2, p3, r3 = _kernel_special(jnp.asarray(y))
     q_xx = p3
     q_xv = 0.25 * gam * y**2 * e
     q_vv = mass * (2.0 * p1 - 2.0 * p2 + p3)
@@ -208,7 +214,7 @@ class CLD(SDE):
     svv = e * (phi_vx**2 * var0x + phi_vv**2 * var0v) + q_vv
     c = 2.0 + y
     k_x = 0.5 * mass * e * (c**2 * p1 - 2.0 * c * p2 + 2.0 * p3)
-    k_v = e * _exp_remainder3(y)
+    k_v = e * r3
     det_q = q_xx * q_vv - q_xv**2  # leading terms differ by a factor 4/3: benign
     det = e**2 * var0x * var0v + det_q + var0x * k_x + var0v * k_v
     # numerical_eps on the diagonal, as the reference; the determinant follows exactly.

@@ -1,0 +1,50 @@
+"""VP-SDE score model with a small U-Net on scikit-learn's embedded 8x8 digits (CPU-sized).
+
+Variants: ``:smoke`` (a few steps, for tests).
+"""
+
+from lsgm_jax.config_defaults import get_default_config
+
+VARIANTS = ("", "smoke")
+
+
+def get_config(variant: str = ""):
+  config = get_default_config()
+  config.method = "sgm"
+  config.data.name = "digits"
+  config.data.image_size = 8
+  config.data.num_channels = 1
+  config.data.centered = True
+  config.data.dequantize = True
+  config.model.name = "unet"
+  config.model.nf = 32
+  config.model.ch_mult = (1, 2)
+  config.model.num_res_blocks = 1
+  config.model.attn_resolutions = ()
+  config.model.dropout = 0.0
+  config.sde.name = "vpsde"
+  config.training.batch_size = 128
+  config.training.num_train_steps = 6000
+  config.training.log_every = 200
+  config.training.ema_decay = 0.999
+  config.optim.lr = 1e-3
+  config.optim.warmup_steps = 200
+  config.optim.schedule = "cosine"
+  config.optim.min_lr_ratio = 0.05
+  config.sampling.num_steps = 500
+  config.sampling.num_samples = 100
+  config.sampling.batch_size = 100
+  config.eval.batch_size = 100
+  config.checkpoint.every_steps = 1000
+  if variant == "smoke":
+    config.training.batch_size = 16
+    config.training.num_train_steps = 4
+    config.training.log_every = 2
+    config.sampling.num_steps = 5
+    config.sampling.num_samples = 16
+    config.sampling.batch_size = 16
+    config.eval.batch_size = 64
+    config.eval.num_batches = 1
+  elif variant:
+    raise ValueError(f"configs/sgm_digits.py: unknown variant {variant!r} (smoke)")
+  return config

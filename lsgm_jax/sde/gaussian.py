@@ -1,0 +1,118 @@
+"""Exact scores and densities when the data are Gaussian: x0 ~ N(mu, s^2) per dimension.
+
+Every process in ``lsgm_jax.sde`` is linear, so its marginal p_t stays Gaussian:
+  scalar SDEs (VP, sub-VP, VE): p_t = N(c(t) mu, c(t)^2 s^2 + std(t)^2), where
+    (c(t), std(t)) are the kernel's mean coefficient and std (tutorial, perturbation kernel);
+  CLD: u_t = (x_t, v_t) with v0 ~ N(0, gamma M) is jointly Gaussian per dimension with
+    mean exp(B A) (mu, 0) and covariance = the kernel covariance with initial variances
+    (s^2, gamma M) (CLD paper, Sec. 3: the kernel with var0x, var0v).
+These give ground-truth score functions for testing samplers, objectives and likelihoods.
+``mu`` and ``s`` are floats or arrays broadcastable against one example (``x.shape[1:]``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from lsgm_jax.sde.base import SDE, Array, ScoreFn, batch_broadcast
+from lsgm_jax.sde.cld import CLD, Cov2
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sum_per_example(a: Array) -> Array:
+  return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=-1)
+
+
+def gaussian_logp(x: Array, mu: Array | float, s: Array | float) -> Array:
+  """log N(x; mu, s^2 I), summed over the non-batch dimensions.
+
+  Args:
+    x: ``[B, ...]``.
+    mu, s: mean and std, broadcastable against ``x``.
+
+  Returns:
+    ``[B]`` log-densities.
+  """
+  var = jnp.broadcast_to(jnp.square(s), x.shape)
+  return _sum_per_example(-0.5 * (_LOG_2PI + jnp.log(var)) - 0.5 * jnp.square(x - mu) / var)
+
+
+def marginal_moments(sde: SDE, t: Array, x: Array, mu: Array | float,
+                     s: Array | float) -> tuple[Array, Array]:
+  """Mean and variance of p_t for Gaussian data under a scalar-diffusion SDE.
+
+  Args:
+    sde: ``VPSDE``, ``SubVPSDE`` or ``VESDE``.
+    t: ``[B]``.
+    x: an array of the state's shape ``[B, ...]`` (only its shape is used).
+    mu, s: data mean and std.
+
+  Returns:
+    (mean, var), each broadcast to ``x.shape``.
+  """
+  coeff, std = sde.marginal(jnp.ones_like(x), t)
+  mean = coeff * mu
+  var = jnp.square(coeff) * jnp.square(s) + jnp.square(std)
+  return jnp.broadcast_to(mean, x.shape), jnp.broadcast_to(var, x.shape)
+
+
+def cld_marginal_moments(cld: CLD, t: Array, x: Array, mu: Array | float,
+                         s: Array | float) -> tuple[Array, Array, Cov2, Array]:
+  """Joint moments of (x_t, v_t) for x0 ~ N(mu, s^2), v0 ~ N(0, gamma M) under CLD.
+
+  Args:
+    cld: the process; t: ``[B]``; x: array of the DATA shape ``[B, ..., C]``.
+    mu, s: data mean and std (broadcastable against x).
+
+  Returns:
+    (mean_x, mean_v, (sxx, sxv, svv), det), all broadcast to ``x.shape``.
+  """
+  mu_full = jnp.broadcast_to(jnp.asarray(mu, x.dtype), x.shape)
+  mean = cld.mean(CLD.join(mu_full, jnp.zeros_like(mu_full)), t)
+  mean_x, mean_v = CLD.split(mean)
+  var0x = jnp.broadcast_to(jnp.square(jnp.asarray(s, x.dtype)), x.shape)
+  t_b = jnp.broadcast_to(batch_broadcast(t, x), x.shape)
+  cov, det = cld.marginal_cov(t_b, var0x, cld.hsm_var0v)
+  return mean_x, mean_v, cov, det
+
+
+def gaussian_score_fn(sde: SDE, mu: Array | float, s: Array | float) -> ScoreFn:
+  """The exact score of p_t for Gaussian data.
+
+  Args:
+    sde: any process of ``lsgm_jax.sde``.
+    mu, s: data mean and std per dimension.
+
+  Returns:
+    ``score_fn(x, t)``; for ``CLD`` it takes u and returns the VELOCITY score
+    grad_v log p_t(u) (shape of v), like a CLD score network.
+  """
+  if isinstance(sde, CLD):
+    def cld_score(u: Array, t: Array) -> Array:
+      x, v = CLD.split(u)
+      mean_x, mean_v, (sxx, sxv, _), det = cld_marginal_moments(sde, t, x, mu, s)
+      # v-row of -Sigma^{-1} (u - mean); Sigma^{-1} = [[svv, -sxv], [-sxv, sxx]] / det.
+      return (sxv * (x - mean_x) - sxx * (v - mean_v)) / det
+    return cld_score
+
+  def score(x: Array, t: Array) -> Array:
+    mean, var = marginal_moments(sde, t, x, mu, s)
+    return -(x - mean) / var
+  return score
+
+
+def gaussian_marginal_logp(sde: SDE, x: Array, t: Array, mu: Array | float,
+                           s: Array | float) -> Array:
+  """log p_t(x) for Gaussian data, ``[B]``; for ``CLD``, x is u and this is the joint
+  log-density of (x_t, v_t) (at t = 0: log N(x; mu, s^2) + log N(v; 0, gamma M))."""
+  if isinstance(sde, CLD):
+    xx, v = CLD.split(x)
+    mean_x, mean_v, (sxx, sxv, svv), det = cld_marginal_moments(sde, t, xx, mu, s)
+    dx, dv = xx - mean_x, v - mean_v
+    quad = (svv * dx**2 - 2.0 * sxv * dx * dv + sxx * dv**2) / det
+    return _sum_per_example(-_LOG_2PI - 0.5 * jnp.log(det) - 0.5 * quad)
+  mean, var = marginal_moments(sde, t, x, mu, s)
+  return gaussian_logp(x, mean, jnp.sqrt(var))
