@@ -32,9 +32,9 @@ def maybe_initialize_distributed(
     if num_processes <= 0 or process_id < 0:
       raise ValueError(
           "--coordinator_address needs --num_processes and --process_id as well")
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      # CPU collectives across processes (used by the multi-host tests).
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Collectives between CPU processes (the multi-host tests); only the CPU client reads
+    # this flag. Querying the backend here would initialise it too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
     return True
   slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))

@@ -59,22 +59,33 @@ def test_kernel_matches_moment_ode(cld):
 def test_kernel_float32_stable_against_float64():
   """CLD-SGM issue 6: the kernel must stay PD and accurate in float32 down to t = loss_eps."""
   t64 = np.concatenate([np.geomspace(1e-5, 1.0, 60), [0.5, 1.0]])
+  u = np.ones((3, 2))
+  t_ou = np.array([1.0, 0.5, 2e-3])
   for cld in (CLD(), CLD(numerical_eps=0.0)):
+
+    @jax.jit
+    def kernel(t, var0v, u, t_ou):
+      (sxx, sxv, svv), det = cld.marginal_cov(t, 0.0, var0v)
+      l11, l21, l22 = cholesky_2x2((sxx, sxv, svv), det)
+      out = dict(sxx=sxx, sxv=sxv, svv=svv, det=det, l11=l11, l21=l21, l22=l22,
+                 nm=cld.noise_multiplier(t, 0.0, var0v))
+      # SSCS half steps, also near t = 1 where B(t) ~ 4 >> the step's integral.
+      return out, cld.ou_step_mean_cov(u, t_ou, 5e-4)
+
     for var0v in (0.0, cld.hsm_var0v):  # DSM and HSM initial variances
-      def kernel(t):
-        (sxx, sxv, svv), det = cld.marginal_cov(t, 0.0, var0v)
-        l11, l21, l22 = cholesky_2x2((sxx, sxv, svv), det)
-        return dict(sxx=sxx, sxv=sxv, svv=svv, det=det, l11=l11, l21=l21, l22=l22,
-                    nm=cld.noise_multiplier(t, 0.0, var0v))
-      f32 = kernel(jnp.asarray(t64, jnp.float32))
+      f32, ou32 = kernel(jnp.asarray(t64, jnp.float32), var0v, jnp.asarray(u, jnp.float32),
+                         jnp.asarray(t_ou, jnp.float32))
       with jax.enable_x64(True):
-        f64 = {k: np.asarray(v) for k, v in kernel(jnp.asarray(t64, jnp.float64)).items()}
-        assert f64["det"].dtype == np.float64
+        f64, ou64 = jax.tree_util.tree_map(
+            np.asarray, kernel(jnp.asarray(t64), var0v, jnp.asarray(u), jnp.asarray(t_ou)))
+      assert f64["det"].dtype == np.float64
       for k, v in f32.items():
         v = np.asarray(v)
         assert v.dtype == np.float32 and np.all(np.isfinite(v)), k
         np.testing.assert_allclose(v, f64[k], rtol=1e-5, err_msg=f"{k} var0v={var0v}")
       assert np.all(np.asarray(f32["sxx"]) > 0) and np.all(np.asarray(f32["det"]) > 0)
+      for a32, a64 in zip(jax.tree_util.tree_leaves(ou32), jax.tree_util.tree_leaves(ou64)):
+        np.testing.assert_allclose(a32, a64, rtol=1e-5, atol=1e-7)
       # The Cholesky factor reproduces the covariance.
       np.testing.assert_allclose(np.asarray(f32["l21"])**2 + np.asarray(f32["l22"])**2,
                                  f64["svv"], rtol=1e-5)
@@ -96,7 +107,7 @@ def test_kernel_small_t_closed_form():
 @pytest.mark.parametrize("objective", ["dsm", "hsm"])
 def test_sample_marginal_monte_carlo(objective):
   cld = CLD()
-  n = 40000
+  n = 20000
   x0 = jnp.full((n, 1), 0.8)
   rng_v, rng = jax.random.split(jax.random.PRNGKey(0))
   if objective == "dsm":  # draw v0 ~ N(0, gamma M), then condition on it
@@ -105,12 +116,23 @@ def test_sample_marginal_monte_carlo(objective):
   else:  # marginalise v0
     u0 = CLD.join(x0, jnp.zeros_like(x0))
     var0v = cld.hsm_var0v
-  for t_val in (1e-3, 0.1, 0.7):
+
+  @jax.jit
+  def run(t_val):
     t = jnp.full((n,), t_val)
     u_t, eps, nm = cld.sample_marginal(rng, u0, t, 0.0, var0v)
     # Both objectives describe the same law of u_t given x0: the HSM kernel.
-    mean, (sxx, sxv, svv) = cld.marginal(CLD.join(x0[:1], 0 * x0[:1]), t[:1], 0.0,
-                                         cld.hsm_var0v)
+    mean, cov = cld.marginal(CLD.join(x0[:1], 0 * x0[:1]), t[:1], 0.0, cld.hsm_var0v)
+    # Velocity score of the (objective's) kernel at u_t, by autodiff of its log-density.
+    mean_k, (a, b, c) = cld.marginal(u0[:4], t[:4], 0.0, var0v)
+    def logk(u):
+      dx, dv = (u - mean_k)[:, :1], (u - mean_k)[:, 1:]
+      return jnp.sum(-0.5 * (c * dx**2 - 2 * b * dx * dv + a * dv**2) / (a * c - b * b))
+    score_v = jax.grad(logk)(u_t[:4])[:, 1:]
+    return u_t, mean, cov, score_v, nm[:4] * eps[:4, 1:]
+
+  for t_val in (1e-3, 0.1, 0.7):
+    u_t, mean, (sxx, sxv, svv), score_v, score_ref = run(t_val)
     cov = np.array([[sxx[0, 0], sxv[0, 0]], [sxv[0, 0], svv[0, 0]]], np.float64)
     d = np.asarray(u_t, np.float64) - np.asarray(mean, np.float64)
     sd = np.sqrt(np.diag(cov))
@@ -119,40 +141,40 @@ def test_sample_marginal_monte_carlo(objective):
     corr_err = (emp - cov) / np.outer(sd, sd)
     assert np.all(np.abs(corr_err) < 5 * math.sqrt(2.0 / n)), (t_val, emp, cov)
     # The kernel's velocity score at u_t is noise_multiplier * eps_v (CLD paper, Sec. 3).
-    mean_k, cov_k = cld.marginal(u0[:4], t[:4], 0.0, var0v)
-    def logk(u):
-      (a, b, c) = (z[:, 0] for z in cov_k)
-      dx, dv = (u - mean_k)[:, 0], (u - mean_k)[:, 1]
-      det = a * c - b * b
-      return jnp.sum(-0.5 * (c * dx**2 - 2 * b * dx * dv + a * dv**2) / det)
-    score_v = jax.grad(logk)(u_t[:4])[:, 1:]
-    np.testing.assert_allclose(score_v, nm[:4] * eps[:4, 1:], rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(score_v, score_ref, rtol=2e-3, atol=1e-3)
 
 
 def test_forward_euler_matches_gaussian_marginal():
   """Euler-Maruyama of the CLD SDE from x0 ~ N(MU, S^2), v0 ~ N(0, gamma M)."""
   cld = CLD()
   n, d, steps = 4000, 2, 400
-  k0, k1, k2 = jax.random.split(jax.random.PRNGKey(1), 3)
-  x0 = MU + S * jax.random.normal(k0, (n, d))
-  u = CLD.join(x0, cld.init_velocity(k1, x0))
   dt = 0.5 / steps
 
-  def step(u, i):
-    drift, g = cld.sde(u, jnp.full((n,), i * dt))
-    z = jax.random.normal(jax.random.fold_in(k2, i), u.shape)
-    return u + drift * dt + g * math.sqrt(dt) * z, None
+  @jax.jit
+  def simulate(key):
+    k0, k1, k2 = jax.random.split(key, 3)
+    x0 = MU + S * jax.random.normal(k0, (n, d))
+    u = CLD.join(x0, cld.init_velocity(k1, x0))
 
-  u, _ = jax.lax.scan(step, u, jnp.arange(steps))
-  x, v = CLD.split(u)
-  mean_x, mean_v, (sxx, sxv, svv), _ = cld_marginal_moments(cld, jnp.full((n,), 0.5), x, MU, S)
+    def step(u, i):
+      drift, g = cld.sde(u, jnp.full((n,), i * dt))
+      z = jax.random.normal(jax.random.fold_in(k2, i), u.shape)
+      return u + drift * dt + g * math.sqrt(dt) * z, None
+
+    u, _ = jax.lax.scan(step, u, jnp.arange(steps))
+    x, v = CLD.split(u)
+    moments = cld_marginal_moments(cld, jnp.full((1,), 0.5), x[:1], MU, S)
+    cxv = jnp.mean((x - jnp.mean(x)) * (v - jnp.mean(v)))
+    return jnp.mean(x), jnp.mean(v), jnp.var(x), jnp.var(v), cxv, moments
+
+  mx, mv, vx, vv, cxv, (mean_x, mean_v, (sxx, sxv, svv), _) = simulate(jax.random.PRNGKey(1))
+  sxx, sxv, svv = float(sxx[0, 0]), float(sxv[0, 0]), float(svv[0, 0])
   m = n * d
-  assert abs(float(jnp.mean(x) - mean_x[0, 0])) < 5 * math.sqrt(float(sxx[0, 0]) / m)
-  assert abs(float(jnp.mean(v) - mean_v[0, 0])) < 5 * math.sqrt(float(svv[0, 0]) / m)
-  assert abs(float(jnp.var(x)) / float(sxx[0, 0]) - 1) < 0.05
-  assert abs(float(jnp.var(v)) / float(svv[0, 0]) - 1) < 0.05
-  cxv = float(jnp.mean((x - jnp.mean(x)) * (v - jnp.mean(v))))
-  assert abs(cxv - float(sxv[0, 0])) < 0.05 * math.sqrt(float(sxx[0, 0] * svv[0, 0]))
+  assert abs(float(mx - mean_x[0, 0])) < 5 * math.sqrt(sxx / m)
+  assert abs(float(mv - mean_v[0, 0])) < 5 * math.sqrt(svv / m)
+  assert abs(float(vx) / sxx - 1) < 0.05
+  assert abs(float(vv) / svv - 1) < 0.05
+  assert abs(float(cxv) - sxv) < 0.05 * math.sqrt(sxx * svv)
 
 
 def test_gaussian_velocity_score_and_logp():
@@ -160,18 +182,24 @@ def test_gaussian_velocity_score_and_logp():
   u = jax.random.normal(jax.random.PRNGKey(2), (3, 2, 2, 2))  # NHWC, C = 1 (x) + 1 (v)
   t = jnp.array([1e-3, 0.2, 0.9])
   mu = jnp.array([0.1, -0.2]).reshape(2, 1, 1)
-  grad = jax.grad(lambda z: jnp.sum(gaussian_marginal_logp(cld, z, t, mu, S)))(u)
-  score_v = gaussian_score_fn(cld, mu, S)(u, t)
+
+  @jax.jit
+  def compute(u, t):
+    grad = jax.grad(lambda z: jnp.sum(gaussian_marginal_logp(cld, z, t, mu, S)))(u)
+    score_v = gaussian_score_fn(cld, mu, S)(u, t)
+    lp0 = gaussian_marginal_logp(cld, u, jnp.zeros(3), mu, S)
+    x, v = CLD.split(u)
+    ref0 = gaussian_logp(x, mu, S) + gaussian_logp(v, 0.0, math.sqrt(cld.hsm_var0v))
+    lp1 = gaussian_marginal_logp(cld, u, jnp.ones(3), mu, S)
+    return grad, score_v, lp0, ref0, lp1, cld.prior_logp(u)
+
+  grad, score_v, lp0, ref0, lp1, prior = compute(u, t)
   assert score_v.shape == (3, 2, 2, 1)
   np.testing.assert_allclose(score_v, grad[..., 1:], rtol=1e-4, atol=1e-4)
   # At t = 0 the marginal is p_data(x) N(v; 0, gamma M).
-  lp0 = gaussian_marginal_logp(cld, u, jnp.zeros(3), mu, S)
-  x, v = CLD.split(u)
-  ref = gaussian_logp(x, mu, S) + gaussian_logp(v, 0.0, math.sqrt(cld.hsm_var0v))
-  np.testing.assert_allclose(lp0, ref, rtol=1e-5)
+  np.testing.assert_allclose(lp0, ref0, rtol=1e-5)
   # At t = 1 the marginal is close to the prior N(0, I) x N(0, M I).
-  lp1 = gaussian_marginal_logp(cld, u, jnp.ones(3), mu, S)
-  np.testing.assert_allclose(lp1, cld.prior_logp(u), rtol=2e-3)
+  np.testing.assert_allclose(lp1, prior, rtol=2e-3)
 
 
 def test_prior():
@@ -193,11 +221,27 @@ def test_reverse_and_probability_flow():
   score_fn = gaussian_score_fn(cld, MU, S)
   u = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 2))
   t = jnp.array([0.3, 0.6])
-  f, g = cld.sde(u, t)
-  s_v = score_fn(u, t)
+  basis = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  h = 1e-3
+
+  @jax.jit
+  def compute(u, t):
+    f, g = cld.sde(u, t)
+    revs = [cld.reverse(score_fn, probability_flow=pf).sde(u, t) for pf in (False, True)]
+    # PF drift on a basis (it is affine for Gaussian data) and the marginal covariance
+    # around two times, for the Fokker-Planck check below.
+    pf = cld.reverse(score_fn, probability_flow=True)
+    fp = []
+    for t_val in (0.05, 0.5):
+      drift, _ = pf.sde(basis, jnp.full((3,), t_val))
+      covs = [cld_marginal_moments(cld, jnp.full((1,), tv), jnp.zeros((1, 1)), MU, S)[2]
+              for tv in (t_val - h, t_val, t_val + h)]
+      fp.append((drift, covs))
+    return f, g, score_fn(u, t), revs, fp
+
+  f, g, s_v, revs, fp = compute(u, t)
   g_v = CLD.split(g)[1]
-  for pf, w in ((False, 1.0), (True, 0.5)):
-    drift, diff = cld.reverse(score_fn, probability_flow=pf).sde(u, t)
+  for (drift, diff), pf, w in zip(revs, (False, True), (1.0, 0.5)):
     np.testing.assert_allclose(CLD.split(drift)[0], CLD.split(f)[0], rtol=1e-6)
     np.testing.assert_allclose(CLD.split(drift)[1], CLD.split(f)[1] - w * g_v**2 * s_v,
                                rtol=1e-5, atol=1e-5)
@@ -205,20 +249,11 @@ def test_reverse_and_probability_flow():
   np.testing.assert_allclose(g_v, jnp.sqrt(2 * cld.damping * 4.0), rtol=1e-6)
   # PF-ODE / Fokker-Planck consistency for Gaussian data: with the linear PF drift
   # K u + b, the joint covariance must obey dS/dt = K S + S K^T.
-  rev = cld.reverse(score_fn, probability_flow=True)
-  basis = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-  for t_val in (0.05, 0.5):
-    tt = jnp.full((3,), t_val)
-    drift, _ = rev.sde(basis, tt)
+  for drift, covs in fp:
     k = np.asarray(drift[1:] - drift[:1], np.float64).T  # columns: K e_x, K e_v
-    h = 1e-3
-    def cov(tv):
-      _, _, (a, b, c), _ = cld_marginal_moments(cld, jnp.full((1,), tv), jnp.zeros((1, 1)),
-                                                MU, S)
-      return np.array([[a[0, 0], b[0, 0]], [b[0, 0], c[0, 0]]], np.float64)
-    dcov = (cov(t_val + h) - cov(t_val - h)) / (2 * h)
-    c0 = cov(t_val)
-    np.testing.assert_allclose(k @ c0 + c0 @ k.T, dcov, rtol=2e-3, atol=2e-3)
+    lo, c0, hi = (np.array([[a[0, 0], b[0, 0]], [b[0, 0], c[0, 0]]], np.float64)
+                  for a, b, c in covs)
+    np.testing.assert_allclose(k @ c0 + c0 @ k.T, (hi - lo) / (2 * h), rtol=2e-3, atol=2e-3)
 
 
 def test_sscs_helpers():
@@ -231,7 +266,8 @@ def test_sscs_helpers():
   mean, (sxx, sxv, svv), det = cld.ou_step_mean_cov(u, t, dt)
   for i in range(2):
     m0 = np.asarray(u[i], np.float64) * np.array([1.0, -1.0])
-    m_ref, c_ref = _ode_moments(cld, dt * cld.beta0 / cld.beta0, m0, 0.0, 0.0, steps=200)
+    # constant beta: the step t -> t - dt has the law of the ODE from 0 to dt
+    m_ref, c_ref = _ode_moments(cld, dt, m0, 0.0, 0.0, steps=200)
     np.testing.assert_allclose(mean[i], m_ref * np.array([1.0, -1.0]), rtol=1e-5, atol=1e-6)
     got = np.array([[sxx[i, 0], -sxv[i, 0]], [-sxv[i, 0], svv[i, 0]]])
     np.testing.assert_allclose(got, c_ref, rtol=1e-5, atol=1e-8)

@@ -223,7 +223,10 @@ def upsample_2d(x: Array, k: Sequence[float] = (1, 3, 3, 1), factor: int = 2) ->
 
 
 def downsample_2d(x: Array, k: Sequence[float] = (1, 3, 3, 1), factor: int = 2) -> Array:
-  """FIR downsampling by ``factor`` (StyleGAN2 ``downsample_2d``). ``[B,H,W,C] -> [B,H/f,W/f,C]``."""
+  """FIR downsampling by ``factor`` (StyleGAN2 ``downsample_2d``).
+
+  ``[B,H,W,C] -> [B,H/f,W/f,C]``.
+  """
   kernel = _fir_kernel(k, 1.0)
   p = kernel.shape[0] - factor
   return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
@@ -302,8 +305,9 @@ class Conv2d(nn.Module):
 # -------------------------------------------------------------------- attention
 
 class AttnBlock(nn.Module):
-  """Single-head spatial self-attention with a residual (DDPM ``AttnBlock`` / NCSN++ ``AttnBlockpp``).
+  """Single-head spatial self-attention with a residual.
 
+  DDPM ``AttnBlock`` / NCSN++ ``AttnBlockpp``.
   GroupNorm, three NINs for q, k, v, softmax over all positions (computed in float32),
   an output NIN initialised with ``init_scale``, then ``x + h`` (divided by sqrt 2 with
   ``skip_rescale``). Parameters: ``2C + 4 (C^2 + C)``.
@@ -368,7 +372,7 @@ class ResnetBlockDDPM(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
-    """Args: x ``[B,H,W,C]``, temb ``[B,E]`` or None, train (dropout). Returns ``[B,H,W,out_ch]``."""
+    """Args: x ``[B,H,W,C]``, temb ``[B,E]`` or None, train. Returns ``[B,H,W,out_ch]``."""
     c = x.shape[-1]
     out_ch = self.out_ch or c
     x = x.astype(self.dtype)

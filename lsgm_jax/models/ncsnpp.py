@@ -42,8 +42,27 @@ PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 COMBINE = ("sum", "cat")
 
 
+class _PyramidHead(nn.Module):
+  """GroupNorm -> SiLU -> 3x3 conv: the progressive-output branch at one level."""
+
+  features: int
+  init_scale: float = 1.0
+  max_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: Array) -> Array:
+    """Args: h ``[B,H,W,C]``. Returns ``[B,H,W,features]``."""
+    h = nn.silu(layers.group_norm(h.shape[-1], self.dtype, "norm", self.max_groups)(h))
+    return layers.conv3x3(self.features, self.dtype, init_scale=self.init_scale,
+                          name="conv")(h)
+
+
 class NCSNpp(nn.Module):
   """NCSN++ ``s(x, t)`` on NHWC images (or latents).
+
+  The defaults are CLD-SGM's CIFAR-10 architecture; ``cld_cifar10_config`` adds its
+  6 -> 3 channel counts.
 
   Attributes:
     nf: base channel count.
@@ -86,7 +105,7 @@ class NCSNpp(nn.Module):
 
   nf: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
-  num_res_blocks: int = 4
+  num_res_blocks: int = 8
   attn_resolutions: Sequence[int] = (16,)
   dropout: float = 0.1
   resamp_with_conv: bool = True
@@ -243,28 +262,23 @@ class NCSNpp(nn.Module):
         h = attention(f"up_{level}_attn")(h)
 
       if self.progressive != "none":
-        norm = layers.group_norm(h.shape[-1], dtype, f"up_{level}_pyramid_norm",
-                                 self.max_groups)
+        head = lambda features, scale=1.0: _PyramidHead(  # noqa: E731
+            features, scale, self.max_groups, dtype, name=f"up_{level}_pyramid_head")
         if level == num_levels - 1:
           if self.progressive == "output_skip":
-            pyramid = layers.conv3x3(out_ch_img, dtype, init_scale=self.init_scale,
-                                     name=f"up_{level}_pyramid_conv")(nn.silu(norm(h)))
+            pyramid = head(out_ch_img, self.init_scale)(h)
           else:  # residual
-            pyramid = layers.conv3x3(h.shape[-1], dtype,
-                                     name=f"up_{level}_pyramid_conv")(nn.silu(norm(h)))
-        else:
-          if self.progressive == "output_skip":
-            pyramid = layers.Upsample(fir=self.fir, fir_kernel=self.fir_kernel,
-                                      dtype=dtype)(pyramid)
-            pyramid = pyramid + layers.conv3x3(
-                out_ch_img, dtype, init_scale=self.init_scale,
-                name=f"up_{level}_pyramid_conv")(nn.silu(norm(h)))
-          else:  # residual: the score_sde (JAX) version, which feeds the sum on.
-            pyramid = layers.Upsample(out_ch=h.shape[-1], with_conv=True, fir=self.fir,
-                                      fir_kernel=self.fir_kernel, dtype=dtype,
-                                      name=f"up_{level}_pyramid")(pyramid)
-            pyramid = rescaled_sum(pyramid, h)
-            h = pyramid
+            pyramid = head(h.shape[-1])(h)
+        elif self.progressive == "output_skip":
+          pyramid = layers.Upsample(fir=self.fir, fir_kernel=self.fir_kernel,
+                                    dtype=dtype)(pyramid)
+          pyramid = pyramid + head(out_ch_img, self.init_scale)(h)
+        else:  # residual: the score_sde (JAX) version, which feeds the sum on as h.
+          pyramid = layers.Upsample(out_ch=h.shape[-1], with_conv=True, fir=self.fir,
+                                    fir_kernel=self.fir_kernel, dtype=dtype,
+                                    name=f"up_{level}_pyramid")(pyramid)
+          pyramid = rescaled_sum(pyramid, h)
+          h = pyramid
 
       if level != 0:
         if biggan:

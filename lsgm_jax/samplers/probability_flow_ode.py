@@ -67,10 +67,11 @@ def solve_ode(vector_field: Callable[[Array, object], object], y0: object, t0: f
     num_steps: if set, fixed step size (t1 - t0) / num_steps instead of adaptive.
     dt0: adaptive mode's first step magnitude; ``None`` lets diffrax choose (2 NFE).
       Default: None.
-    max_steps: step limit of the adaptive solve (an error past it).
+    max_steps: step limit of the adaptive solve.
 
   Returns:
-    (y at t1, number of vector-field evaluations as an int32 scalar).
+    (y at t1, number of vector-field evaluations as an int32 scalar). y is NaN if the
+    solve failed (e.g. ``max_steps`` reached): no host callback raises inside the program.
   """
   solver = get_solver(solver)
   per_step, one_off = _evals_per_step(solver)
@@ -87,8 +88,11 @@ def solve_ode(vector_field: Callable[[Array, object], object], y0: object, t0: f
     select_cost = 2 if dt0 is None else 0
   sol = diffrax.diffeqsolve(term, solver, t0=t0, t1=t1, dt0=first_dt, y0=y0,
                             stepsize_controller=controller, max_steps=max_steps,
-                            saveat=diffrax.SaveAt(t1=True))
-  y1 = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
+                            saveat=diffrax.SaveAt(t1=True), throw=False)
+  # throw=False keeps equinox's host-side error callback out of the program; a failed
+  # solve (e.g. max_steps reached) returns NaN instead of raising.
+  ok = sol.result == diffrax.RESULTS.successful
+  y1 = jax.tree_util.tree_map(lambda a: jnp.where(ok, a[-1], jnp.nan), sol.ys)
   nfe = sol.stats["num_steps"] * per_step + one_off + select_cost
   return y1, jnp.asarray(nfe, jnp.int32)
 

@@ -7,8 +7,8 @@ The reverse-time CLD SDE (reverse time s = T - t) splits into
   (S) dv = 2 Gamma beta (score_v(u, t) + M^{-1} v) ds
       -- the part carrying the learned score, integrated by one Euler step.
 A step of size dt is the symmetric (Strang) composition A(dt/2) S(dt) A(dt/2), with one
-score evaluation per step. The exact A-flow comes from ``CLD.sample_ou_step``; the whole
-chain is one ``lax.scan``.
+score evaluation per step. The exact A-flow is ``CLD.ou_step_mean_cov`` (the same law as
+``CLD.sample_ou_step``), tabulated once per time grid; the chain is one ``lax.scan``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from lsgm_jax.samplers.euler_maruyama import (Info, batch_time, finish, prior_state,
                                               step_keys)
 from lsgm_jax.samplers.time_grid import step_table
 from lsgm_jax.sde.base import SDE, Array, ScoreFn
-from lsgm_jax.sde.cld import CLD
+from lsgm_jax.sde.cld import CLD, cholesky_2x2
 
 SCORE_TIMES = ("start", "midpoint")
 
@@ -66,20 +67,60 @@ def sscs(rng: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *,
   rng_prior, rng_steps = jax.random.split(rng)
   u = prior_state(sde, rng_prior, shape)
   t_start, dt = step_table(num_steps, t_max=sde.T, eps=eps, striding=striding)
+  t_start, dt = jnp.asarray(t_start), jnp.asarray(dt)
+  t_mid = t_start - 0.5 * dt
+  # The A-flow does not depend on the state's values: its mean map and noise Cholesky
+  # factor per step are computed once for the whole grid, outside the loop.
+  first_half = ou_step_coefficients(sde, t_start, 0.5 * dt, num_stab)
+  second_half = ou_step_coefficients(sde, t_mid, 0.5 * dt, num_stab)
+  t_score = t_start if score_time == "start" else t_mid
 
   def step(u, inputs):
-    key, t, h = inputs
+    key, ts, h, coeffs1, coeffs2 = inputs
     k1, k2 = jax.random.split(key)
-    t_b = batch_time(t, u)
-    t_mid = batch_time(t - 0.5 * h, u)
-    # CLD paper, SSCS: A(dt/2) -- exact OU + Hamiltonian flow.
-    u = sde.sample_ou_step(k1, u, t_b, 0.5 * h, num_stab)
-    # S(dt) -- Euler step of v' = 2 Gamma beta (score_v + M^{-1} v).
-    t_score = t_b if score_time == "start" else t_mid
-    u = sde.sscs_score_step(u, t_score, h, score_fn(u, t_score))
+    # CLD paper, SSCS: A(dt/2) -- exact OU + Hamiltonian flow from t to t - dt/2.
+    u = apply_ou_step(k1, u, coeffs1)
+    # S(dt) -- Euler step of v' = 2 Gamma beta (score_v + M^{-1} v) (score at t: paper).
+    ts_b = batch_time(ts, u)
+    u = sde.sscs_score_step(u, ts_b, h, score_fn(u, ts_b))
     # A(dt/2) again, from t - dt/2 to t - dt.
-    u = sde.sample_ou_step(k2, u, t_mid, 0.5 * h, num_stab)
+    u = apply_ou_step(k2, u, coeffs2)
     return u, None
 
-  u, _ = jax.lax.scan(step, u, (step_keys(rng_steps, num_steps), t_start, dt))
+  inputs = (step_keys(rng_steps, num_steps), t_score, dt, first_half, second_half)
+  u, _ = jax.lax.scan(step, u, inputs)
   return finish(sde, score_fn, u, eps, denoise, num_steps)
+
+
+def ou_step_coefficients(sde: CLD, t: Array, dt: Array, num_stab: float = 0.0
+                         ) -> tuple[Array, ...]:
+  """Per-step coefficients of SSCS's exact A-flow from t to t - dt, for a grid of steps.
+
+  The flow is u' = Phi u + L z with a 2x2 Phi and lower-triangular L per dimension
+  (``CLD.ou_step_mean_cov``); Phi's columns are the means of the basis states (1, 0)
+  and (0, 1).
+
+  Args:
+    sde: the CLD process.
+    t: ``[N]`` start times; dt: ``[N]`` positive step sizes.
+    num_stab: added to the covariance diagonal.
+
+  Returns:
+    (phi_xx, phi_xv, phi_vx, phi_vv, l11, l21, l22), each ``[N]``.
+  """
+  ones, zeros = jnp.ones_like(t)[:, None], jnp.zeros_like(t)[:, None]
+  mean_ex, cov, det = sde.ou_step_mean_cov(CLD.join(ones, zeros), t, dt, num_stab)
+  mean_ev, _, _ = sde.ou_step_mean_cov(CLD.join(zeros, ones), t, dt, num_stab)
+  (phi_xx, phi_vx), (phi_xv, phi_vv) = CLD.split(mean_ex), CLD.split(mean_ev)
+  chol = cholesky_2x2(cov, det)
+  return tuple(a[:, 0] for a in (phi_xx, phi_xv, phi_vx, phi_vv) + tuple(chol))
+
+
+def apply_ou_step(rng: Array, u: Array, coeffs: tuple[Array, ...]) -> Array:
+  """Draws u' = Phi u + L z for one step's scalar coefficients (``ou_step_coefficients``)."""
+  phi_xx, phi_xv, phi_vx, phi_vv, l11, l21, l22 = coeffs
+  x, v = CLD.split(u)
+  z_x, z_v = CLD.split(jax.random.normal(rng, u.shape, u.dtype))
+  new_x = phi_xx * x + phi_xv * v + l11 * z_x
+  new_v = phi_vx * x + phi_vv * v + l21 * z_x + l22 * z_v
+  return CLD.join(new_x, new_v)

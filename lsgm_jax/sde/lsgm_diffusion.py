@@ -266,12 +266,29 @@ class LSGMDiffusion(SDE):
     Returns:
       ``IWQuantities`` of shape ``[B]`` each; see the module docstring for the weights.
     """
+    rho = jax.random.uniform(rng, (batch,), jnp.float32)
+    return self.iw_quantities_from_uniform(rho, time_eps, mode)
+
+  def iw_quantities_from_uniform(self, rho: Array, time_eps: float,
+                                 mode: str) -> IWQuantities:
+    """``iw_quantities`` from given uniforms rho in [0, 1) (inverse-CDF sampling of t).
+
+    Lets callers bring their own uniforms (e.g. stratified or shared across devices).
+
+    Args:
+      rho: uniforms ``[B]``.
+      time_eps: smallest time eps, 0 <= eps < 1.
+      mode: one of ``IW_MODES``.
+
+    Returns:
+      ``IWQuantities`` of shape ``[B]`` each.
+    """
     if mode not in _MODES:
       raise ValueError(f"mode must be one of {IW_MODES}, got {mode!r}")
     if not 0.0 <= time_eps < self.T:
       raise ValueError(f"time_eps must be in [0, {self.T}), got {time_eps}")
     weighting, importance = _MODES[mode]
-    rho = jax.random.uniform(rng, (batch,), jnp.float32)
+    rho = jnp.asarray(rho, jnp.float32)
     if importance:
       t, weight_p = self._iw_draw(rho, time_eps, weighting)
     else:
