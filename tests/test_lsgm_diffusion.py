@@ -6,6 +6,7 @@ objectives/lsgm.py: mixed score, cross entropy (LSGM Theorem 1), p / q terms.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -14,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-Array = jax.Array
-
 from lsgm_jax.objectives import lsgm as lsgm_obj
 from lsgm_jax.sde.lsgm_diffusion import (IW_MODES, IW_UNIFORM_PAIRS, GeometricVPSDE,
-                                         VESDEWithInitVar, VPSDEWithInitVar, _MODES)
+                                         VESDEWithInitVar, VPSDEWithInitVar, target_weighting)
+
+Array = jax.Array
 
 DIFFUSIONS = {
     "geometric": GeometricVPSDE(1e-4, 0.99, 0.0),  # the reference's defaults
@@ -86,12 +87,8 @@ def test_sde_consistency(name):
   expect = -0.5 * jnp.sum(z[:2] ** 2, -1) / d.prior_var - 4 * math.log(2 * math.pi * d.prior_var)
   np.testing.assert_allclose(logp, expect, rtol=1e-5)
   # Frozen and hashable: usable as a jit static argument.
-  assert hash(d) == hash(type(d)(*dataclass_values(d)))
-
-
-def dataclass_values(d):
-  import dataclasses
-  return [getattr(d, f.name) for f in dataclasses.fields(d)]
+  same = type(d)(**{f.name: getattr(d, f.name) for f in dataclasses.fields(d)})
+  assert same == d and hash(same) == hash(d)
 
 
 def _grid(lo: float, hi: float = 1.0, n: int = 40001) -> Array:
@@ -110,8 +107,9 @@ def _quadrature(fn, grid: Array) -> Array:
 
 
 def _is_statistics(d, modes, time_eps, rho, grid):
-  """Per mode: [mean, se] of weight_p h and weight_ll h over ``num`` draws, and the
-  quadratures of the mode's and the likelihood's target integrals. Shape [modes, 6]."""
+  """Per mode (one row of uniforms ``rho`` each): [mean, se] of weight_p h and of
+  weight_ll h, and the quadratures of the mode's and the likelihood's target integrals.
+  Shape [modes, 6]."""
   h = lambda t: _dsm_error_gaussian(d, t, 0.65)
   ll_exact = _quadrature(lambda t: d.objective_weight(t, "ll") * h(t), grid)
   rows, num = [], rho.shape[1]
@@ -121,7 +119,7 @@ def _is_statistics(d, modes, time_eps, rho, grid):
     for w in (q.weight_p, q.weight_ll):
       v = w * h(q.t)
       row += [jnp.mean(v), jnp.std(v) / math.sqrt(num)]
-    exact = _quadrature(lambda t: d.objective_weight(t, _MODES[mode][0]) * h(t), grid)
+    exact = _quadrature(lambda t: d.objective_weight(t, target_weighting(mode)) * h(t), grid)
     rows.append(jnp.stack(row + [exact, ll_exact]))
   return jnp.stack(rows)
 
@@ -267,7 +265,8 @@ def test_p_objective_is_unbiased_across_modes():
     for mode, key in zip(modes, keys):
       v = lsgm_obj.p_objective(key, d, net, jnp.full((2,), -1e4), z0, iw_sample_p=mode,
                                time_eps=eps)
-      exact = 2 * _quadrature(lambda t: d.objective_weight(t, _MODES[mode][0]) * h(t), grid)
+      weight = functools.partial(d.objective_weight, weighting=target_weighting(mode))
+      exact = 2 * _quadrature(lambda t: weight(t) * h(t), grid)
       out.append(jnp.stack([jnp.mean(v), jnp.std(v) / math.sqrt(n), exact]))
     return jnp.stack(out)
 

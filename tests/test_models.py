@@ -19,6 +19,11 @@ from lsgm_jax.models.ncsnpp import (NCSNpp, cld_cifar10_config, lsgm_cifar10_con
 from lsgm_jax.models.unet import UNet
 
 
+def _normal(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
+  """Standard-normal test input from NumPy (an eager threefry draw compiles for seconds)."""
+  return jnp.asarray(np.random.RandomState(seed).standard_normal(shape), jnp.float32)
+
+
 def _count_params(model, *inputs) -> int:
   """Trainable parameter count of ``model`` via ``jax.eval_shape`` (nothing allocated)."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
@@ -37,7 +42,7 @@ def test_cld_toy_mlp_param_count():
                                               ("positional", jnp.float32)])
 def test_mlp_forward(time_input, dtype):
   model = ScoreMLP(hidden=32, num_hidden_layers=2, time_input=time_input, dtype=dtype)
-  x = jax.random.normal(jax.random.PRNGKey(1), (5, 2))
+  x = _normal((5, 2), seed=1)
   t = jnp.linspace(0.01, 1.0, 5)
   variables = model.init(jax.random.PRNGKey(0), x, t)
   assert set(variables) == {"params"}
@@ -115,7 +120,7 @@ def test_fir_resampling_matches_direct_upfirdn2d():
 def test_fused_fir_conv_with_identity_kernel_equals_plain_fir(direction):
   # With a centred delta kernel the fused conv must reduce to the plain FIR resampler,
   # which pins the padding / orientation of the StyleGAN2 fused ops.
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  x = _normal((2, 8, 8, 3), seed=0)
   conv = layers.Conv2d(3, 3, up=direction == "up", down=direction == "down")
   delta = np.zeros((3, 3, 3, 3), np.float32)
   for c in range(3):
@@ -156,7 +161,7 @@ def test_ddpm_unet_param_counts():
 
 def test_small_unet_on_digits_forward():
   model = UNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.3)
-  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
+  x = _normal((4, 8, 8, 1), seed=0)
   t = jnp.linspace(0.1, 1.0, 4)
   params = _random_params(model, x, t)
   out = _compiled(model.apply, params, x, t)(params, x, t)
@@ -166,7 +171,7 @@ def test_small_unet_on_digits_forward():
 
 def test_residual_block_dropout_only_in_training():
   block = layers.ResnetBlockBigGAN(out_ch=8, down=True, dropout=0.5, init_scale=1.0)
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+  x = _normal((2, 8, 8, 4), seed=0)
   temb = jnp.ones((2, 16))
   params = _random_params(block, x, temb)
   # rbg keys: a threefry dropout mask costs ~8 s of XLA compile on a loaded CPU.
@@ -220,7 +225,7 @@ def _tiny_ncsnpp(**overrides) -> NCSNpp:
   return NCSNpp(**cfg)
 
 
-_X = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))
+_X = _normal((2, 8, 8, 6), seed=0)
 _T = jnp.array([0.05, 0.9])
 
 

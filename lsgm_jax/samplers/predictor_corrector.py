@@ -86,8 +86,8 @@ def predictor_corrector(rng: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[in
     denoise: one extra noise-free step from eps to 0.
 
   Returns:
-    (samples, info) with ``info["nfe"]`` = num_steps * (predictor? 1 : 0 + n_corrector)
-    (+1 with denoise).
+    (samples, info) with ``info["nfe"]`` = num_steps * (n_corrector + 1) for the default
+    predictor and corrector (a ``"none"`` part contributes 0), +1 with denoise.
 
   Raises:
     ValueError: unknown predictor/corrector or an augmented (CLD) SDE.

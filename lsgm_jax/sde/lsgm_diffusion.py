@@ -2,7 +2,7 @@
 
 LSGM (Vahdat, Kreis, Kautz, NeurIPS 2021) diffuses the latents z_0 with a linear SDE
 dz = f(t) z dt + g(t) dw whose perturbation kernel already has variance sigma2_0 at
-t = 0 ("the diffusion starts from a slightly perturbed z_0", LSGM Theorem 1):
+t = 0 (LSGM Theorem 1 and its D/2 log(2 pi e sigma2_0) constant assume this):
 
   q(z_t | z_0) = N(m_t z_0, var(t) I),   m_t = e2int_f(t) = exp(int_0^t f),
   var(t) = m_t^2 (sigma2_0 + int_0^t g^2(s) / m_s^2 ds),   so var(0) = sigma2_0.
@@ -43,8 +43,9 @@ E[weight_ll h(t)] = int_{eps}^{1} w_ll(t) h(t) dt, with the target weightings
   rescale:                                  w(t) = 1 / (2 (1 - var(t)))   (VP types only)
 
 ``*_uniform`` draws t ~ U(eps, 1); ``*_iw`` draws t from a density proportional to
-w(t) times the Normal-data denoising error (the variance-minimising proposal; the
-derivations sit next to each proposal). Pairs with the same target, hence the same
+w(t) times the Normal-data denoising error (zero variance if the latents are exactly the
+Normal reference; the derivations sit next to each proposal). One exception, as in the
+reference: VE's drop_all_iw reuses the ll_iw proposal. Pairs with the same target, hence the same
 expectation, are (ll_iw, ll_uniform), (drop_all_iw, drop_all_uniform) and
 (drop_sigma2t_iw, drop_sigma2t_uniform); ``weight_ll`` of every mode targets the
 ``ll_uniform`` objective (how LSGM reuses the p samples for the VAE's cross entropy).
@@ -61,7 +62,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,13 @@ IW_UNIFORM_PAIRS: dict[str, str] = {
     "drop_all_iw": "drop_all_uniform",
     "drop_sigma2t_iw": "drop_sigma2t_uniform",
 }
+
+
+def target_weighting(mode: str) -> str:
+  """The weighting a mode's ``weight_p`` targets: "ll", "drop_all", "drop_sigma2t" or "rescale"."""
+  if mode not in _MODES:
+    raise ValueError(f"mode must be one of {IW_MODES}, got {mode!r}")
+  return _MODES[mode][0]
 
 
 class IWQuantities(NamedTuple):
@@ -121,7 +129,8 @@ def _normal_logp(z: Array, var: float | Array) -> Array:
   return -0.5 * dim * jnp.log(2.0 * math.pi * var) - 0.5 * sq / var
 
 
-def _bisect_increasing(fn, target: Array, lo: float, hi: float, iters: int = 40) -> Array:
+def _bisect_increasing(fn: Callable[[Array], Array], target: Array, lo: float, hi: float,
+                       iters: int = 40) -> Array:
   """Solves fn(t) = target for an increasing ``fn`` on [lo, hi], elementwise, by bisection."""
   lo_a = jnp.full_like(target, lo)
   hi_a = jnp.full_like(target, hi)
@@ -182,7 +191,7 @@ class LSGMDiffusion(SDE):
     return batch_broadcast(self.f(t), x) * x, batch_broadcast(jnp.sqrt(self.g2(t)), x)
 
   def marginal(self, x0: Array, t: Array) -> tuple[Array, Array]:
-    """q(z_t | z_0) = N(m_t z_0, var(t) I); returns (mean, std) (the reference's ``sample_q``)."""
+    """q(z_t | z_0) = N(m_t z_0, var(t) I); returns (mean, std), std broadcastable."""
     return batch_broadcast(self.e2int_f(t), x0) * x0, batch_broadcast(jnp.sqrt(self.var(t)), x0)
 
   def prior_sample(self, rng: Array, shape: tuple[int, ...]) -> Array:
@@ -193,7 +202,17 @@ class LSGMDiffusion(SDE):
 
   # --- LSGM quantities -----------------------------------------------------------------
   def sample_q(self, z0: Array, noise: Array, var_t: Array, m_t: Array) -> Array:
-    """z_t = m_t z_0 + sqrt(var_t) noise, with ``var_t``/``m_t`` ``[B]`` (from ``iw_quantities``)."""
+    """z_t = m_t z_0 + sqrt(var_t) noise (the reference's ``sample_q``).
+
+    Args:
+      z0: latents ``[B, ...]``.
+      noise: standard normal noise, shape of ``z0``.
+      var_t: ``[B]`` kernel variances (``IWQuantities.var_t``).
+      m_t: ``[B]`` mean coefficients (``IWQuantities.m_t``).
+
+    Returns:
+      ``[B, ...]`` diffused latents.
+    """
     return batch_broadcast(m_t, z0) * z0 + batch_broadcast(jnp.sqrt(var_t), z0) * noise
 
   def mixing_component(self, z_t: Array, t: Array) -> Array:
@@ -460,7 +479,8 @@ class VPSDEWithInitVar(_VPType):
   def _drop_all_draw(self, rho: Array, time_eps: float) -> tuple[Array, Array]:
     # p(t) ∝ 1 - var = (1 - sigma2_0) e^{-B(t)}. With d = beta_max - beta_min > 0,
     # B(t) = d/2 (t + b)^2 - beta_min^2 / (2 d), b = beta_min / d, so with k = sqrt(d / 2)
-    # int_eps^t e^{-B} = e^{beta_min^2 / (2d)} sqrt(pi) / (2k) [erfc(k (eps + b)) - erfc(k (t + b))].
+    # int_eps^t e^{-B} = e^{beta_min^2 / (2d)} sqrt(pi) / (2k)
+    #                    * [erfc(k (eps + b)) - erfc(k (t + b))].
     # The inverse CDF uses erfc^{-1}(y) = -ndtri(y / 2) / sqrt(2), accurate in the tail.
     # (The reference's normaliser carries exp(b / 2) for exp(beta_min^2 / (2 d)), a constant
     # factor on the weights; here the weights are exactly 1 / p(t).)
