@@ -25,7 +25,7 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from lsgm_jax import checkpoint, data, methods, parallel
-from lsgm_jax.evaluation import sample_images
+from lsgm_jax.evaluation import distances, sample_images
 from lsgm_jax.train_state import TrainState
 
 
@@ -243,7 +243,26 @@ def evaluate_state(exp: Experiment, state: TrainState) -> dict[str, float]:
   count = totals.pop("count", 0.0)
   if count == 0:
     raise ValueError(f"the eval split of {exp.config.data.name!r} yielded no examples")
-  return {k: v / count for k, v in totals.items()}
+  results = {k: v / count for k, v in totals.items()}
+  if exp.data_info.is_2d:
+    results.update(sample_distances(exp, state))
+  return results
+
+
+def sample_distances(exp: Experiment, state: TrainState, num: int = 2000
+                     ) -> dict[str, float]:
+  """2-D data: MMD and sliced Wasserstein of samples vs held-out data, next to the same
+  distances between two disjoint held-out draws (what a perfect model would score)."""
+  held_out = next(data.make_eval_iterator(exp.config.data, global_batch_size=2 * num))["x"]
+  reference, other = held_out[:num], held_out[num:]
+  samples, info = generate_samples(exp, state, num, exp.config.seed)
+  return {
+      "mmd_samples": distances.mmd_rbf(samples, reference),
+      "mmd_data_vs_data": distances.mmd_rbf(other, reference),
+      "swd_samples": distances.sliced_wasserstein(samples, reference),
+      "swd_data_vs_data": distances.sliced_wasserstein(other, reference),
+      "sample_nfe": info["nfe"],
+  }
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None

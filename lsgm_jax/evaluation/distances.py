@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def mmd_rbf(x: np.ndarray, y: np.ndarray, bandwidths=(0.1, 0.2, 0.5, 1.0, 2.0)) -> float:
+def mmd_rbf(x: np.ndarray, y: np.ndarray, bandwidths=(0.02, 0.05, 0.1, 0.2, 0.5, 1.0)) -> float:
   """Unbiased squared MMD with a sum of RBF kernels (Gretton et al. 2012, eq. 3).
 
   Args:
