@@ -48,6 +48,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   model.resblock_type = "biggan"  # biggan | ddpm
   model.progressive = "none"  # output pyramid: none | output_skip | residual
   model.progressive_input = "none"  # input pyramid: none | input_skip | residual
+  model.progressive_combine = "sum"
+  model.fourier_log_t = True  # CLD-SGM applies the Fourier embedding to log t
+  model.time_scale = 999.0  # positional embedding of time_scale * t
+  model.remat = False  # rematerialise residual blocks (memory for compute)
+  # CLD-SGM "mixed score": the Gaussian velocity score plus -l_t times the network.
+  model.mixed_score = False
   model.fir = True
   model.fir_kernel = (1, 3, 3, 1)
   model.skip_rescale = True
@@ -61,13 +67,17 @@ def get_default_config() -> ml_collections.ConfigDict:
   sde.sigma_min = 0.01  # VE
   sde.sigma_max = 50.0
   # CLD (CLD paper): beta, M^-1, gamma, numerical eps.
-  sde.cld_beta = 4.0
+  sde.cld_beta = 4.0  # beta(t) = cld_beta + cld_beta1 * t
+  sde.cld_beta1 = 0.0
   sde.cld_m_inv = 4.0
   sde.cld_gamma = 0.04
   sde.cld_numerical_eps = 1e-9
 
   config.loss = loss = ml_collections.ConfigDict()
-  loss.weighting = "none"  # none (lambda = sigma^2) | likelihood (g^2) | simple (eps)
+  # Scalar SDEs: none (lambda = sigma^2) | likelihood (g^2) | simple (eps).
+  # CLD: reweightedv1 | reweightedv2 | likelihood.
+  loss.weighting = "none"
+  loss.objective = "dsm"  # dsm | hsm (hybrid score matching, CLD only)
   loss.eps = 1e-5  # t ~ U(loss.eps, 1)
 
   config.training = training = ml_collections.ConfigDict()
@@ -107,6 +117,12 @@ def get_default_config() -> ml_collections.ConfigDict:
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 1000
   ev.num_batches = 0  # 0 = one full pass over the held-out split
+  # Negative log-likelihood (bits/dim) through the probability-flow ODE (tutorial;
+  # Hutchinson trace estimator). Costly: hundreds of network calls per batch.
+  ev.likelihood = False
+  ev.ode_rtol = 1e-5
+  ev.ode_atol = 1e-5
+  ev.probe = "rademacher"  # rademacher | gaussian
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 1000  # the "recent" set
@@ -122,4 +138,29 @@ def get_default_config() -> ml_collections.ConfigDict:
   par.fsdp_min_size = 2**18
 
   config.lock()
+  return config
+
+
+def get_cld_config() -> ml_collections.ConfigDict:
+  """Defaults shared by the CLD-SGM configs (nv-tlabs/CLD-SGM configs/default_*.txt).
+
+  CLD paper: beta = 4, M^-1 = 4 (M = 0.25, Gamma = 2 sqrt(M) = 1: critical damping),
+  gamma = 0.04 (initial velocity variance gamma M), hybrid score matching, reweightedv2.
+  """
+  config = get_default_config()
+  config.method = "sgm"
+  config.sde.name = "cld"
+  config.sde.cld_beta = 4.0
+  config.sde.cld_beta1 = 0.0
+  config.sde.cld_m_inv = 4.0
+  config.sde.cld_gamma = 0.04
+  config.loss.objective = "hsm"
+  config.loss.weighting = "reweightedv2"
+  config.loss.eps = 1e-5
+  config.optim.optimizer = "adam"
+  config.optim.grad_clip = 1.0
+  config.optim.weight_decay = 0.0
+  config.sampling.method = "sscs"
+  config.sampling.eps = 1e-3
+  config.sampling.denoise = True
   return config

@@ -310,14 +310,14 @@ def test_mixed_score_and_constructor():
   cld = CLD()
   u = jnp.array([[0.3, 0.6]])
   t = jnp.array([0.4])
-  (_, _, svv), _ = cld.marginal_cov(t, 1.0, cld.hsm_var0v)
+  # The reference's Gaussian part: kernel variance with var0x = 0, var0v = gamma M.
+  (_, _, svv), _ = cld.marginal_cov(t, 0.0, cld.hsm_var0v)
   np.testing.assert_allclose(cld_mixed_score(cld, u, t, jnp.zeros((1, 1))), -0.6 / svv[:, None],
                              rtol=1e-6)
   nm = cld.noise_multiplier(t, 0.0, cld.hsm_var0v)
   np.testing.assert_allclose(
       cld_mixed_score(cld, u, t, jnp.ones((1, 1)), cld.hsm_var0v) - (-0.6 / svv[:, None]),
       nm[:, None], rtol=1e-5)
-  # For standard-normal data the marginal velocity score is ~ the mixed term alone at t = 1.
   assert CLD(beta=8.0) == CLD(8.0, 0.0)
   assert CLD(beta=8.0).beta(jnp.array(0.7)) == 8.0
   assert CLD().damping == 1.0 and CLD().mass == 0.25

@@ -139,6 +139,9 @@ class DatasetInfo:
     num_eval: held-out examples (whole dataset).
     data_range: (low, high) of model inputs: (-1, 1) centered, (0, 1) otherwise; for
       the toys the nominal box that holds the point clouds.
+    num_levels: intensity levels of the raw data (256 for 8-bit images, 17 for the 8x8
+      digits, 0 for continuous toys); with ``data_range`` it fixes the dequantisation bin
+      width used by bits/dim.
   """
 
   name: str
@@ -148,6 +151,7 @@ class DatasetInfo:
   num_train: int | None
   num_eval: int | None
   data_range: tuple[float, float]
+  num_levels: int = 256
 
   @property
   def dims(self) -> int:
@@ -158,12 +162,12 @@ class DatasetInfo:
 def build_info(cfg: DataConfig) -> DatasetInfo:
   """``DatasetInfo`` for a validated config (see ``lsgm_jax.data.dataset_info``)."""
   if cfg.is_toy:
-    return DatasetInfo(cfg.name, (2,), 0, True, None, cfg.num_toy_eval, (-1.0, 1.0))
+    return DatasetInfo(cfg.name, (2,), 0, True, None, cfg.num_toy_eval, (-1.0, 1.0), 0)
   size = cfg.pad_to or cfg.resolved_image_size
   data_range = (-1.0, 1.0) if cfg.centered else (0.0, 1.0)
   if cfg.name == "digits":
     return DatasetInfo(cfg.name, (size, size, 1), 10, False, catalog.DIGITS_NUM_TRAIN,
-                       catalog.DIGITS_NUM_EVAL, data_range)
+                       catalog.DIGITS_NUM_EVAL, data_range, catalog.DIGITS_MAX_LEVEL + 1)
   spec = catalog.TFDS_DATASETS[cfg.name]
   return DatasetInfo(cfg.name, (size, size, spec.channels), spec.num_classes, False,
                      spec.num_train, spec.num_eval, data_range)

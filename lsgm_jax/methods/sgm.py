@@ -1,10 +1,13 @@
-"""Pixel-space score-based generative models (score-SDE tutorial): a score network
-trained by denoising score matching under a VP / sub-VP / VE SDE, sampled by the
-reverse SDE.
+"""Pixel-space score-based generative models: a score network trained by denoising (or,
+for CLD, hybrid) score matching under a VP / sub-VP / VE SDE or critically-damped
+Langevin diffusion, sampled by the reverse process, evaluated by the probability-flow
+ODE likelihood.
 
-The network predicts the noise: score(x, t) = -net(x, t) / std(t), with std(t) the
-perturbation kernel's standard deviation (score_sde's "scale by sigma"), so the network's
-target has unit scale at every t.
+Parameterisations (the network always predicts a unit-scale noise):
+- scalar SDEs: score(x, t) = -net(x, t) / std(t) (score_sde's "scale by sigma");
+- CLD: the network sees u = (x, v) and predicts eps_v; the velocity score is
+  -l_t net(u, t), plus the Gaussian term -v / Sigma_vv(t) with ``model.mixed_score``
+  (CLD-SGM ``get_score_fn``).
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lsgm_jax import samplers, sde as sde_lib
+from lsgm_jax import likelihood, samplers, sde as sde_lib
 from lsgm_jax.methods.base import COMPUTE_DTYPES, Method
 from lsgm_jax.models.registry import build_model
 from lsgm_jax.objectives.dsm import dsm_loss
+from lsgm_jax.objectives.hsm import cld_loss
+from lsgm_jax.sde.cld import CLD, cld_mixed_score
 
 PyTree = Any
 
-WEIGHTINGS = ("none", "simple", "likelihood")
+SCALAR_WEIGHTINGS = ("none", "simple", "likelihood")
+CLD_WEIGHTINGS = ("reweightedv1", "reweightedv2", "likelihood")
+SDES = ("vpsde", "subvpsde", "vesde", "cld")
 
 
 def build_sde(sde_config: ml_collections.ConfigDict) -> sde_lib.SDE:
@@ -36,27 +43,45 @@ def build_sde(sde_config: ml_collections.ConfigDict) -> sde_lib.SDE:
   if name == "vesde":
     return sde_lib.VESDE(sigma_min=float(sde_config.sigma_min),
                          sigma_max=float(sde_config.sigma_max))
-  raise ValueError(
-      f"config.sde.name={name!r} is not one of ('vpsde', 'subvpsde', 'vesde') for method 'sgm'")
+  if name == "cld":
+    return CLD(beta0=float(sde_config.cld_beta), beta1=float(sde_config.cld_beta1),
+               m_inv=float(sde_config.cld_m_inv), gamma=float(sde_config.cld_gamma),
+               numerical_eps=float(sde_config.cld_numerical_eps))
+  raise ValueError(f"config.sde.name={name!r} is not one of {SDES} for method 'sgm'")
 
 
 class SGM(Method):
-  """Denoising score matching (tutorial eq. for DSM) + reverse-SDE sampling."""
+  """Score matching (tutorial DSM; CLD paper HSM) + reverse-process sampling."""
 
   def __init__(self, config: ml_collections.ConfigDict, data_info):
     super().__init__(config, data_info)
     self.sde = build_sde(config.sde)
-    if config.loss.weighting not in WEIGHTINGS:
-      raise ValueError(
-          f"config.loss.weighting={config.loss.weighting!r} is not one of {WEIGHTINGS}")
+    self.is_cld = isinstance(self.sde, CLD)
+    loss = config.loss
+    allowed = CLD_WEIGHTINGS if self.is_cld else SCALAR_WEIGHTINGS
+    if loss.weighting not in allowed:
+      raise ValueError(f"config.loss.weighting={loss.weighting!r} is not one of {allowed} "
+                       f"for config.sde.name={config.sde.name!r}")
+    objectives = ("hsm", "dsm") if self.is_cld else ("dsm",)
+    if loss.objective not in objectives:
+      raise ValueError(f"config.loss.objective={loss.objective!r} is not one of "
+                       f"{objectives} for config.sde.name={config.sde.name!r}")
+    if config.model.mixed_score and not self.is_cld:
+      raise ValueError("config.model.mixed_score=True needs config.sde.name='cld'")
     self.shape = tuple(data_info.shape)
+    channels = self.shape[-1]
+    net_in_shape = self.shape[:-1] + (2 * channels,) if self.is_cld else self.shape
     dtype = COMPUTE_DTYPES[config.training.compute_dtype]
-    self.model = build_model(config.model, self.shape, self.shape[-1], dtype)
+    self.net_in_shape = net_in_shape
+    self.model = build_model(config.model, net_in_shape, channels, dtype)
     self.sampler = samplers.get_sampler(config.sampling.method)
+    # HSM marginalises v0 ~ N(0, gamma M); DSM conditions on it (CLD paper, Sec. 3).
+    self.var0v = (self.sde.hsm_var0v if loss.objective == "hsm" else 0.0) if self.is_cld \
+        else None
 
   def init_params(self, rng: jax.Array) -> tuple[PyTree, PyTree]:
-    x = jnp.zeros((1,) + self.shape, jnp.float32)
-    t = jnp.ones((1,), jnp.float32)
+    x = jnp.zeros((1,) + self.net_in_shape, jnp.float32)
+    t = jnp.full((1,), 0.5, jnp.float32)
     variables = self.model.init({"params": rng, "dropout": rng}, x, t, train=False)
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
@@ -64,35 +89,77 @@ class SGM(Method):
 
   def score_fn(self, params: PyTree, model_state: PyTree, train: bool = False,
                rng: jax.Array | None = None):
-    """``score_fn(x, t)`` of the network: -net(x, t) / std(t)."""
+    """``score_fn(x, t)`` of the network (CLD: the velocity score of u = (x, v))."""
     rngs = {"dropout": rng} if rng is not None else {}
 
-    def score(x, t):
+    def net(x, t):
       out = self.model.apply({"params": params, **model_state}, x, t, train=train, rngs=rngs)
+      return out.astype(jnp.float32)
+
+    if self.is_cld:
+      def score(u, t):
+        out = net(u, t)
+        if self.config.model.mixed_score:
+          return cld_mixed_score(self.sde, u, t, out, self.var0v)
+        nm = self.sde.noise_multiplier(t, 0.0, self.var0v)
+        return sde_lib.batch_broadcast(nm, out) * out
+      return score
+
+    def score(x, t):
       _, std = self.sde.marginal(jnp.zeros_like(x), t)
-      return -out.astype(jnp.float32) / std
+      return -net(x, t) / std
     return score
+
+  def _loss_terms(self, score, x, rng):
+    loss = self.config.loss
+    if self.is_cld:
+      return cld_loss(rng, self.sde, score, x, objective=loss.objective,
+                      weighting=loss.weighting, loss_eps=float(loss.eps))
+    return dsm_loss(rng, self.sde, score, x, weighting=loss.weighting,
+                    loss_eps=float(loss.eps))
 
   def loss(self, params, model_state, batch, rng, step):
     del step
     loss_rng, dropout_rng = jax.random.split(rng)
     score = self.score_fn(params, model_state, train=True, rng=dropout_rng)
-    per_example = dsm_loss(loss_rng, self.sde, score, batch["x"],
-                           weighting=self.config.loss.weighting,
-                           loss_eps=float(self.config.loss.eps))
-    loss = jnp.mean(per_example)
-    return loss, ({"loss/dsm": loss}, model_state)
+    value = jnp.mean(self._loss_terms(score, batch["x"], loss_rng))
+    return value, ({f"loss/{self.config.loss.objective}": value}, model_state)
 
   def eval_terms(self, params, model_state, batch, rng):
+    loss_rng, ll_rng = jax.random.split(rng)
     score = self.score_fn(params, model_state)
-    return {"dsm": dsm_loss(rng, self.sde, score, batch["x"],
-                            weighting=self.config.loss.weighting,
-                            loss_eps=float(self.config.loss.eps))}
+    terms = {self.config.loss.objective: self._loss_terms(score, batch["x"], loss_rng)}
+    if self.config.eval.likelihood:
+      terms.update(self.likelihood_terms(score, batch["x"], ll_rng))
+    return terms
+
+  def likelihood_terms(self, score, x, rng) -> dict[str, jax.Array]:
+    """NLL through the probability-flow ODE (tutorial; CLD: the joint (x, v) bound).
+
+    For quantised data the pipeline has already dequantised x (score_sde issue 24), and
+    bits/dim subtracts log of the bin width; for continuous data only nats are reported.
+    """
+    ev = self.config.eval
+    options = dict(rtol=float(ev.ode_rtol), atol=float(ev.ode_atol), probe=ev.probe,
+                   eps=float(self.config.loss.eps))
+    if self.is_cld:
+      logp, nfe = likelihood.cld_log_likelihood_bound(rng, self.sde, score, x, **options)
+    else:
+      logp, nfe = likelihood.log_likelihood(rng, self.sde, score, x, **options)
+    terms = {"nll_nats": -logp, "nfe": jnp.broadcast_to(nfe, logp.shape).astype(jnp.float32)}
+    info = self.data_info
+    if info.num_levels and self.config.data.dequantize:
+      low, high = info.data_range
+      terms["bits_per_dim"] = likelihood.bits_per_dim(
+          logp, info.dims, bin_width=(high - low) / info.num_levels)
+    return terms
 
   def generate(self, params, model_state, rng, num):
     sampling = self.config.sampling
     score = self.score_fn(params, model_state)
-    samples, info = self.sampler(rng, self.sde, score, (num,) + self.shape,
-                                 num_steps=int(sampling.num_steps), eps=float(sampling.eps),
-                                 denoise=bool(sampling.denoise))
-    return samples, {k: jnp.asarray(v, jnp.float32) for k, v in info.items()}
+    options = dict(eps=float(sampling.eps), denoise=bool(sampling.denoise))
+    if sampling.method != "probability_flow_ode":
+      options["num_steps"] = int(sampling.num_steps)
+    samples, info = self.sampler(rng, self.sde, score, (num,) + self.shape, **options)
+    return samples, {k: jnp.asarray(v, jnp.float32) for k, v in info.items()
+                     if jnp.ndim(v) == 0}

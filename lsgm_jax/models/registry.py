@@ -35,7 +35,24 @@ def _unet(model: ml_collections.ConfigDict, in_shape, out_channels, dtype) -> nn
               out_channels=out_channels, dtype=dtype)
 
 
-MODELS: dict[str, Builder] = {"mlp": _mlp, "unet": _unet}
+def _ncsnpp(model: ml_collections.ConfigDict, in_shape, out_channels, dtype) -> nn.Module:
+  from lsgm_jax.models.ncsnpp import NCSNpp
+  if len(in_shape) != 3:
+    raise ValueError(f"config.model.name='ncsnpp' needs HWC images, got shape {in_shape}")
+  return NCSNpp(
+      nf=int(model.nf), ch_mult=tuple(model.ch_mult), num_res_blocks=int(model.num_res_blocks),
+      attn_resolutions=tuple(model.attn_resolutions), dropout=float(model.dropout),
+      fir=bool(model.fir), fir_kernel=tuple(model.fir_kernel),
+      skip_rescale=bool(model.skip_rescale), resblock_type=model.resblock_type,
+      progressive=model.progressive, progressive_input=model.progressive_input,
+      progressive_combine=model.progressive_combine, init_scale=float(model.init_scale),
+      embedding_type=model.embedding_type, fourier_scale=float(model.fourier_scale),
+      fourier_log_t=bool(model.fourier_log_t), time_scale=float(model.time_scale),
+      in_channels=int(in_shape[-1]),
+      out_channels=out_channels, remat=bool(model.remat), dtype=dtype)
+
+
+MODELS: dict[str, Builder] = {"mlp": _mlp, "unet": _unet, "ncsnpp": _ncsnpp}
 
 
 def build_model(model: ml_collections.ConfigDict, in_shape: tuple[int, ...],

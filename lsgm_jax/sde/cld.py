@@ -394,9 +394,10 @@ def cld_mixed_score(cld: CLD, u: Array, t: Array, net_out: Array,
                     var0v: Array | float | None = None) -> Array:
   """CLD-SGM's "mixed score": Gaussian velocity score plus a scaled network correction.
 
-  score_v = -v / Sigma_vv(t; var0x=1, var0v=gamma M) + (-l_t) net_out, where the first
-  term is the velocity score of the CLD marginal of standard-normal data (v-marginal
-  form, as in the reference's ``get_score_fn``) and -l_t = ``noise_multiplier(t, 0, var0v)``.
+  score_v = -v / Sigma_vv(t; var0x=0, var0v=gamma M) + (-l_t) net_out: the first term is
+  the velocity score of the kernel started at x0 = 0 with v0 ~ N(0, gamma M) (exactly the
+  reference's ``get_score_fn``, which calls ``sde.var(t, 0 * ones, gamma / m_inv * ones)``),
+  and -l_t = ``noise_multiplier(t, 0, var0v)``.
   Without mixing, score_v = -l_t net_out (the network predicts eps_v).
 
   Args:
@@ -409,6 +410,6 @@ def cld_mixed_score(cld: CLD, u: Array, t: Array, net_out: Array,
     Velocity score, shape of v.
   """
   _, v = CLD.split(u)
-  (_, _, svv), _ = cld.marginal_cov(t, 1.0, cld.hsm_var0v)
+  (_, _, svv), _ = cld.marginal_cov(t, 0.0, cld.hsm_var0v)
   nm = cld.noise_multiplier(t, 0.0, var0v)
   return -v / batch_broadcast(svv, v) + batch_broadcast(nm, v) * net_out
