@@ -29,6 +29,7 @@ def test_cld_toy_mlp_has_the_reference_parameter_count():
 
 def test_cld_network_sees_x_and_v_and_predicts_the_velocity_score():
   config = load_config("cld_toy", "smoke")
+  config.model.mixed_score = True  # the CIFAR-10 setting (the toy reference has it off)
   method = methods.build_method(config, data.dataset_info(config.data))
   params, ms = method.init_params(jax.random.PRNGKey(0))
   u = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
