@@ -1,7 +1,7 @@
 """Times the real jitted, sharded, donated train step of a config.
 
   python benchmarks/train_step.py --config=configs/sgm_toy.py [--batch_size=256] \
-      [--steps=200] [--set training.compute_dtype=bfloat16 ...]
+      [--steps=200] [--set training.compute_dtype=bfloat16 ...] [--synthetic]
 
 Prints steps/s and examples/s after compilation and warm-up, with the device named.
 The batch comes from the config's own data pipeline, assembled as in training.
@@ -43,6 +43,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=50, help="timed steps")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
   parser.add_argument("--set", nargs="*", default=[], help="overrides a.b=value")
+  parser.add_argument("--synthetic", action="store_true",
+                      help="random data of the dataset's shape (for TFDS sets not prepared "
+                      "on this machine); the step's cost does not depend on the values")
   args = parser.parse_args(argv)
 
   import jax
@@ -55,10 +58,17 @@ def main(argv=None) -> dict:
     config.training.batch_size = args.batch_size
   exp = train.Experiment(config, "/tmp/unused_benchmark_workdir")
   batch_size = int(config.training.batch_size)
-  it = data.make_train_iterator(config.data, global_batch_size=batch_size, seed=0,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
-  batch = parallel.global_batch(next(it), exp.mesh)
+  if args.synthetic:
+    import numpy as np
+    local = batch_size // jax.process_count()
+    rng = np.random.default_rng(0)
+    local_batch = {"x": rng.uniform(-1, 1, (local,) + exp.data_info.shape).astype(np.float32),
+                   "label": np.zeros((local,), np.int32)}
+  else:
+    local_batch = next(data.make_train_iterator(
+        config.data, global_batch_size=batch_size, seed=0,
+        process_index=jax.process_index(), process_count=jax.process_count()))
+  batch = parallel.global_batch(local_batch, exp.mesh)
 
   t0 = time.perf_counter()
   state = exp.init_fn(exp.rng)
@@ -76,6 +86,7 @@ def main(argv=None) -> dict:
   device = jax.devices()[0]
   result = {
       "config": args.config, "params": exp.num_params, "batch": batch_size,
+      "data": "synthetic" if args.synthetic else config.data.name,
       "device": f"{jax.device_count()} x {getattr(device, 'device_kind', device.platform)}",
       "compute_dtype": config.training.compute_dtype,
       "compile_s": round(compile_s, 2), "steps_per_s": round(args.steps / elapsed, 3),

@@ -37,7 +37,7 @@ def get_config(variant: str = ""):
 
   config.sde.cld_numerical_eps = 1e-9
   config.training.batch_size = 64
-  config.training.num_train_steps = 4000
+  config.training.num_train_steps = 2500  # ~10 min on 2 CPU cores (4.3 steps/s)
   config.training.ema_decay = 0.999
   config.training.log_every = 200
   config.optim.lr = 1e-3
