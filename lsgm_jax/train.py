@@ -192,8 +192,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
         buffer = []
         log_buffer.extend(host)
         last = host[-1]
-        if last["consecutive_skips"] >= int(training.max_consecutive_skips):
-          raise SkipLimitError(_skip_limit_message(step, last, config))
+        limit = int(training.max_consecutive_skips)
+        for offset, m in enumerate(host):  # every step of the window, not only the last
+          if m["consecutive_skips"] >= limit:
+            raise SkipLimitError(
+                _skip_limit_message(step - len(host) + 1 + offset, m, config))
         if step % int(training.log_every) == 0 or step == int(training.num_train_steps):
           means = {f"train/{k}": float(np.mean([m[k] for m in log_buffer]))
                    for k in log_buffer[0] if k not in ("num_skipped", "consecutive_skips")}

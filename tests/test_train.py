@@ -64,9 +64,12 @@ def test_eight_device_step_equals_one_device(tmp_path):
 
 
 def test_exact_resume_is_bitwise(tmp_path):
-  config = smoke_config(**{"training.num_train_steps": 16, "checkpoint.every_steps": 100})
+  """Async saves (the default) of a state that the next step donates."""
+  config = smoke_config(**{"training.num_train_steps": 16, "checkpoint.every_steps": 3,
+                           "checkpoint.async_save": True})
   straight = train.train(config, str(tmp_path / "straight"), devices=jax.devices()[:1])
-  half = smoke_config(**{"training.num_train_steps": 8, "checkpoint.every_steps": 100})
+  half = smoke_config(**{"training.num_train_steps": 8, "checkpoint.every_steps": 3,
+                         "checkpoint.async_save": True})
   train.train(half, str(tmp_path / "resumed"), devices=jax.devices()[:1])
   _, meta = latest_state(str(tmp_path / "resumed"), half)
   assert meta["data_position"] == 8
@@ -104,6 +107,21 @@ def test_consecutive_skips_stop_the_run_with_the_term_named(tmp_path, monkeypatc
   config = smoke_config(**{"training.max_consecutive_skips": 3})
   with pytest.raises(train.SkipLimitError, match=r"3 consecutive steps skipped, the last "
                      r"at step 3 \(non-finite loss term 'loss/dsm'"):
+    train.train(config, str(tmp_path), devices=jax.devices()[:1])
+
+
+def test_a_skip_run_inside_a_log_window_is_caught(tmp_path, monkeypatch):
+  """Steps 3-5 are NaN, 6+ are fine: 3 in a row hit the limit although the window's
+  last step recovered."""
+  real = data.make_train_iterator
+
+  def iterator(*args, **kwargs):
+    for k, batch in enumerate(real(*args, **kwargs)):
+      yield dict(batch, x=np.full_like(batch["x"], np.nan)) if 2 <= k <= 4 else batch
+
+  monkeypatch.setattr(data, "make_train_iterator", iterator)
+  config = smoke_config(**{"training.max_consecutive_skips": 3, "training.log_every": 10})
+  with pytest.raises(train.SkipLimitError, match=r"the last at step 5 "):
     train.train(config, str(tmp_path), devices=jax.devices()[:1])
 
 
