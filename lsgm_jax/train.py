@@ -153,7 +153,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
   logging.info("method %s: %s trainable parameters", config.method, f"{exp.num_params:,}")
 
   is_main = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  # Synchronous writes: clu's background writer thread can call tf.summary while the main
+  # thread is still lazily importing TensorFlow (tf 2.21: "'LazyModule' object is not
+  # callable", the scalar is lost). Writes happen only every log_every steps.
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_main, asynchronous=False)
   if is_main:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
@@ -278,7 +282,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None
     path = os.path.join(workdir, f"eval_step_{step}.json")
     with open(path, "w") as f:
       json.dump({"step": step, **results}, f, indent=2)
-    writer = metric_writers.create_default_writer(os.path.join(workdir, "eval"))
+    writer = metric_writers.create_default_writer(
+        os.path.join(workdir, "eval"), asynchronous=False)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
     logging.info("eval at step %d: %s (written to %s)", step, results, path)
