@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -91,6 +90,9 @@ class Experiment:
         self.method.eval_step,
         in_shardings=(self.state_shardings, batch_sharding, replicated),
         out_shardings=replicated)
+    # Built once, so sampling during training (training.sample_every) compiles once.
+    self.sample_fn = jax.jit(self.method.sample, static_argnums=2,
+                             out_shardings=(replicated, replicated))
 
   def check_batch_size(self, global_batch_size: int, what: str) -> None:
     devices = self.mesh.devices.size
@@ -108,8 +110,9 @@ class Experiment:
     target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
     return checkpointer.restore(latest, target, self.fingerprint)
 
-  def restore_for_inference(self) -> tuple[TrainState, int]:
-    """The latest checkpoint of ``workdir``; a clear error if there is none."""
+  def restore_for_inference(self) -> tuple[TrainState, int, dict[str, Any]]:
+    """(state, step, meta) of the latest checkpoint of ``workdir``; a clear error if
+    there is none."""
     checkpointer = checkpoint.Checkpointer(self.workdir, self.config.checkpoint, read_only=True)
     latest = checkpointer.latest_step()
     if latest is None:
@@ -117,9 +120,9 @@ class Experiment:
           f"no checkpoint in {checkpointer.directory}: train first with --mode=train "
           f"--workdir={self.workdir}")
     target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
-    state, _ = checkpointer.restore(latest, target, self.fingerprint)
+    state, meta = checkpointer.restore(latest, target, self.fingerprint)
     checkpointer.close()
-    return state, latest
+    return state, latest, meta
 
 
 def _host_metrics(buffer: list[dict[str, jax.Array]]) -> list[dict[str, float]]:
@@ -276,7 +279,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None
              ) -> dict[str, float]:
   """``--mode=eval``: metrics of the latest checkpoint, to JSON and TensorBoard."""
   exp = Experiment(config, workdir, devices)
-  state, step = exp.restore_for_inference()
+  state, step, _ = exp.restore_for_inference()
   results = evaluate_state(exp, state)
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"eval_step_{step}.json")
@@ -294,13 +297,11 @@ def generate_samples(exp: Experiment, state: TrainState, num: int, seed: int
                      ) -> tuple[np.ndarray, dict[str, float]]:
   """``num`` samples in chunks of ``sampling.batch_size``, gathered to the host."""
   chunk = min(int(exp.config.sampling.batch_size), num)
-  fn = jax.jit(exp.method.sample, static_argnums=2,
-               out_shardings=(parallel.replicated(exp.mesh), parallel.replicated(exp.mesh)))
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), 2_000_003)
   pieces, infos = [], []
   t0 = time.time()
   for i in range((num + chunk - 1) // chunk):
-    samples, info = fn(state, jax.random.fold_in(rng, i), chunk)
+    samples, info = exp.sample_fn(state, jax.random.fold_in(rng, i), chunk)
     pieces.append(np.asarray(multihost_utils.process_allgather(samples, tiled=True))
                   if jax.process_count() > 1 else np.asarray(jax.device_get(samples)))
     infos.append({k: float(np.mean(v)) for k, v in jax.device_get(info).items()})
@@ -333,7 +334,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, devices=None
            ) -> dict[str, float]:
   """``--mode=sample``: EMA samples of the latest checkpoint as .npz and PNG."""
   exp = Experiment(config, workdir, devices)
-  state, step = exp.restore_for_inference()
+  state, step, _ = exp.restore_for_inference()
   out_dir = os.path.join(workdir, "samples", f"step_{step}")
   info = write_samples(exp, state, out_dir)
   logging.info("wrote %d samples to %s (%s)", config.sampling.num_samples, out_dir, info)

@@ -7,24 +7,14 @@ import subprocess
 import jax
 import numpy as np
 
-from lsgm_jax import checkpoint, train
 from tests.helpers import REPO, main_command, run_main, subprocess_env
-from tests.test_train import smoke_config
+from tests.test_train import latest_state, smoke_config
 
 
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-def restored_params(workdir, config):
-  exp = train.Experiment(config, workdir, devices=jax.devices()[:1])
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  target = checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_shardings)
-  state, meta = ckpt.restore(ckpt.latest_step(), target, exp.fingerprint)
-  ckpt.close()
-  return state, meta
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -49,8 +39,8 @@ def test_two_processes_match_one_process(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   config = smoke_config()
-  state_multi, meta_multi = restored_params(multi, config)
-  state_single, meta_single = restored_params(single, config)
+  state_multi, meta_multi = latest_state(multi, config)
+  state_single, meta_single = latest_state(single, config)
   assert meta_multi["data_position"] == meta_single["data_position"] == 6
   for a, b in zip(jax.tree.leaves(state_multi.params), jax.tree.leaves(state_single.params)):
     a, b = np.asarray(a), np.asarray(b)

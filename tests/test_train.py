@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -40,12 +39,9 @@ def max_rel_diff(a, b) -> float:
 
 
 def latest_state(workdir: str, config) -> tuple[TrainState, dict]:
+  """The newest checkpoint of ``workdir`` on one device, with its metadata."""
   exp = train.Experiment(config, workdir, devices=jax.devices()[:1])
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  step = ckpt.latest_step()
-  target = checkpoint.abstract_with_shardings(exp.abstract_state, exp.state_shardings)
-  state, meta = ckpt.restore(step, target, exp.fingerprint)
-  ckpt.close()
+  state, _, meta = exp.restore_for_inference()
   return state, meta
 
 
@@ -209,3 +205,14 @@ def test_toy_model_learns_the_diamond_mixture(tmp_path):
   assert quality["mmd_samples"] < 0.3 * mmd_rbf(prior, held_out), quality
   assert quality["swd_samples"] < 0.25 * sliced_wasserstein(prior, held_out), quality
   assert quality["swd_data_vs_data"] < quality["swd_samples"]
+
+
+def test_repeated_sampling_compiles_once(tmp_path):
+  """Sampling during training (training.sample_every) reuses one compiled sampler."""
+  config = smoke_config()
+  exp = train.Experiment(config, str(tmp_path), devices=jax.devices()[:1])
+  state = exp.init_fn(exp.rng)
+  first, _ = train.generate_samples(exp, state, 32, seed=0)
+  second, _ = train.generate_samples(exp, state, 32, seed=1)
+  assert exp.sample_fn._cache_size() == 1
+  assert first.shape == second.shape == (32, 2) and not np.array_equal(first, second)
