@@ -110,6 +110,45 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: str
         "use a new --workdir or the config it was trained with")
 
 
+def load_stage(path: str, what: str = "earlier stage") -> dict[str, Any]:
+  """The latest checkpoint under ``path`` (a workdir or its ``checkpoints`` folder) as
+  host NumPy arrays: ``{"params", "ema_params", "model_state", "step", "meta"}``.
+
+  Used by multi-stage families to start from an earlier stage (LSGM's VAE
+  pre-training, the latent VAE's autoencoder). The saved topology is ignored: every
+  array is restored onto one host device and fetched, so any device count can read it.
+  A path without a checkpoint is one clear ``FileNotFoundError`` naming ``what``.
+  """
+  directory = path.rstrip("/")
+  if os.path.basename(directory) != "checkpoints":
+    directory = os.path.join(directory, "checkpoints")
+  if "://" not in directory:
+    directory = os.path.abspath(directory)
+  if "://" not in directory and not os.path.isdir(directory):
+    raise FileNotFoundError(f"{what}: no checkpoints directory at {directory} (train that "
+                            f"stage first with --workdir={path})")
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_names=("state", "meta"))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{what}: no checkpoint in {directory}")
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  device = jax.local_devices(backend="cpu")[0]
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  metadata = manager.item_metadata(step)["state"]
+  metadata = getattr(metadata, "tree", metadata)
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                        metadata)
+  state = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+  manager.close()
+  state = jax.device_get(state)
+  logging.info("loaded %s (step %d) from %s", what, step, directory)
+  return {"params": state["params"], "ema_params": state["ema_params"],
+          "model_state": state.get("model_state", {}), "step": int(step), "meta": dict(meta)}
+
+
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs of ``abstract_state`` placed on ``shardings``."""
   return jax.tree.map(

@@ -30,6 +30,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   data.data_dir = ""  # TFDS data_dir; "" = the TFDS default (~/tensorflow_datasets)
   data.num_toy_eval = 10_000  # held-out examples of the 2-D toy sets
   data.shuffle_buffer = 10_000
+  data.latents_dir = ""  # data.name="latents": <autoencoder workdir>/latents (--mode=encode)
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "mlp"  # one of lsgm_jax.models.registry.MODELS
@@ -137,7 +138,180 @@ def get_default_config() -> ml_collections.ConfigDict:
   par.fsdp = 1
   par.fsdp_min_size = 2**18
 
+  # Latent VAE (latent_vae_paper.txt): the deep VAE of appendix B (lsgm_jax.models.hvae)
+  # on a first stage's latents (or pixels). Read by lsgm_jax.methods.latent_vae.
+  config.latent_vae = lv = ml_collections.ConfigDict()
+  lv.preset = ""  # a name in models.hvae.CONFIGS (Table 5); "" = the fields below
+  # (h, w, C) of the first stage's latents when config.data names the image dataset they
+  # encode (paper configs before --mode=encode); training then needs data.name="latents".
+  # () = the deep VAE models config.data as it is.
+  lv.latent_shape = ()
+  lv.channels = 32  # generator base width c
+  lv.enc_channels = 32
+  lv.channel_mult = (1, 1)  # per level, highest resolution first
+  lv.ffn_ratio = (2, 2)  # 0 = the two-convolution block
+  lv.num_groups = (2, 2)  # latent groups per level
+  lv.enc_layers = (1, 1)
+  lv.num_attention = (0, 0)
+  lv.attention_heads = (1, 1)
+  lv.z_channels = 4
+  lv.class_conditional = True  # hierarchical prior with the dataset's labels + null label
+  lv.lowres_conditioning = False  # the upsampler of Table 5
+  lv.remat_min_resolution = 0  # rematerialise levels at or above this side; 0 = off
+  lv.sigma_q = 0.07  # std of the fixed-variance reconstruction target (Table 5)
+  lv.spectral_weight = 0.1  # Table 5 "SR penalty"
+  lv.label_dropout = 0.1  # null label 10% of the time (classifier-free guidance)
+  # KL schedule (appendix B; authors' ("shifted_exp", {"scale": 1000, "shift": 10})).
+  lv.kl_schedule = "shifted_exp"  # shifted_exp | none
+  lv.kl_schedule_scale = 1000.0
+  lv.kl_schedule_shift = 10.0
+  lv.kl_schedule_total = 66.7  # percent of the total KL the layer shares sum to
+  # Guided sampling (paper eq. 2); w_mu = w_sigma = 0 is the plain conditional sampler.
+  lv.w_mu = 0.0
+  lv.w_sigma = 0.0
+  lv.temperature = 1.0
+  lv.guide_mean_at_1x1 = True
+  # Workdir of the first-stage autoencoder; samples are decoded to pixels through it.
+  lv.first_stage = ""
+  # --mode=sample task (paper section 5): samples | manifold | interpolate | outpaint.
+  lv.task = "samples"
+  lv.manifold_size = 9  # grid side of the 2-D sweep
+  lv.manifold_range = 2.25  # the sweep covers [-range, range] (paper Figure 4)
+  lv.manifold_label = 0  # class of the sweep (class-conditional models)
+  lv.interpolate_pairs = 4  # held-out image pairs
+  lv.interpolate_steps = 5  # points per path, endpoints included
+  lv.outpaint_num = 4  # held-out images to outpaint
+  lv.outpaint_factor = 2  # canvas width / image width
+  lv.manipulation_temperature = 1.0  # prior temperature of the new latents
+
+
+  # LSGM (NVlabs/LSGM train_vae.py / train_vada.py flags; used by method "lsgm").
+  config.lsgm = lsgm = ml_collections.ConfigDict()
+  lsgm.stage = "train_vae"  # train_vae (NVAE, N(0, I) prior) | train_vada (SGM prior)
+  lsgm.vae_checkpoint = ""  # stage 2: workdir of the stage-1 run (--vae_checkpoint)
+  lsgm.vae = vae = ml_collections.ConfigDict()  # NVAE architecture (models.nvae.NVAEConfig)
+  vae.num_channels_enc = 32
+  vae.num_channels_dec = 32
+  vae.num_preprocess_blocks = 1
+  vae.num_preprocess_cells = 2
+  vae.num_postprocess_blocks = 1
+  vae.num_postprocess_cells = 2
+  vae.num_latent_scales = 1
+  vae.num_groups_per_scale = 2
+  vae.num_latent_per_group = 4
+  vae.num_cell_per_cond_enc = 1
+  vae.num_cell_per_cond_dec = 1
+  vae.channel_mult = (1, 2)
+  vae.arch_instance = "res_bnswish"  # res_bnswish | res_mbconv
+  vae.use_se = True
+  vae.num_nf = 0
+  vae.decoder_dist = "bin"  # dml | bin | normal
+  vae.num_mixture_dec = 10
+  vae.num_x_bits = 8
+  vae.log_sig_q_scale = 5.0
+  vae.crop_output = False
+  # Stage 1 KL warm-up (train_vae.py): coeff from kl_const_coeff to kl_max_coeff over
+  # kl_anneal_portion of the steps, after kl_const_portion; KL balancing always on.
+  lsgm.kl_anneal_portion = 0.3
+  lsgm.kl_const_portion = 0.0001
+  lsgm.kl_const_coeff = 0.0001
+  lsgm.kl_max_coeff = 1.0
+  # Stage 2 (train_vada.py): --cont_kl_anneal continues the warm-up from
+  # kl_const_coeff_vada (= stage 1's kl_max_coeff) to kl_max_coeff_vada.
+  lsgm.cont_kl_anneal = False
+  lsgm.kl_anneal_portion_vada = 0.1
+  lsgm.kl_const_portion_vada = 0.0
+  lsgm.kl_const_coeff_vada = 0.7
+  lsgm.kl_max_coeff_vada = 1.0
+  lsgm.kl_balance_vada = False
+  # Spectral regularisation + BN weight decay (--weight_decay_norm[_vae|_dae]).
+  lsgm.weight_decay_norm_vae = 0.0
+  lsgm.weight_decay_norm_dae = 0.0
+  lsgm.dae_spectral_reg = True  # False reproduces --custom_conv_dae (no SR on the SGM)
+  lsgm.num_power_iter = 4
+  # Latent SGM (stage 2). sde: geometric_sde | vpsde | vesde (config.sde holds numbers).
+  lsgm.sde_type = "geometric_sde"
+  lsgm.sigma2_0 = 0.0
+  lsgm.sigma2_min = 1e-4
+  lsgm.sigma2_max = 0.99
+  lsgm.time_eps = 1e-2
+  lsgm.iw_sample_p = "ll_uniform"
+  lsgm.iw_sample_q = "reweight_p_samples"
+  lsgm.train_vae = True
+  lsgm.disjoint_training = False
+  lsgm.mixed_prediction = True
+  lsgm.mixing_logit_init = -3.0
+  lsgm.embedding_dim = 128  # time embedding width of the latent NCSN++ (--embedding_dim)
+  lsgm.drop_inactive_var = False
+  lsgm.inactive_kl_threshold = 0.1  # nats per latent channel (train_vada.py)
+  lsgm.drop_inactive_num_batches = 1000  # batches to average the KL over (max_iter)
+  # The SGM prior's optimizer (--learning_rate_dae ...); config.optim is the VAE's.
+  lsgm.dae_optim = dae_optim = ml_collections.ConfigDict(optim.to_dict())
+  del dae_optim["grad_clip"]  # clipping is global: config.optim.grad_clip
+  dae_optim.optimizer = "adamw"
+  dae_optim.lr = 3e-4
+  dae_optim.eps = 1e-4
+  # Sampling / evaluation.
+  lsgm.temperature = 1.0  # scales the SGM's initial noise (--temp)
+  lsgm.vae_temperature = 1.0  # scales the N(0, I) groups outside the SGM (--vae_temp)
+  lsgm.decoder_output = "sample"  # sample | mean of p(x | z) for generated images
+  lsgm.ode_eps = 1e-5  # --eval_ode_eps: lower end of the ODE for NLL and sampling
+
+  # The latent VAE's first stage (method "autoencoder"; latent VAE paper §3.1, LDM's
+  # AutoencoderKL and LPIPSWithDiscriminator). Architecture: an LDM preset or the fields.
+  config.autoencoder = ae = ml_collections.ConfigDict()
+  ae.preset = ""  # kl-f4 | kl-f8 | kl-f16 (LDM first stages); "" = the fields below
+  ae.ch = 128
+  ae.ch_mult = (1, 2, 4, 4)  # len - 1 downsamplings: f = 2^(len - 1)
+  ae.num_res_blocks = 2
+  ae.attn_resolutions = ()  # feature sizes (of the data's image size) with attention
+  ae.z_channels = 4
+  ae.embed_dim = 4  # latent channels C
+  ae.num_groups = 32  # GroupNorm groups
+  ae.dropout = 0.0
+  ae.sample_posterior = True  # train the decoder on z ~ q(z|x) (LDM); False: the mean
+  # Loss (LDM kl-f* configs: kl_weight 1e-6, disc_weight 0.5, disc_start 50001).
+  ae.l1_weight = 1.0
+  ae.perceptual_weight = 0.0  # > 0 needs perceptual_weights_path
+  ae.perceptual_weights_path = ""  # npz, layout in lsgm_jax/models/perceptual.py
+  ae.kl_weight = 1e-6
+  ae.adversarial_weight = 0.5  # 0 = no discriminator
+  ae.adaptive_disc_weight = True  # LDM's ||grad nll|| / ||grad gan|| at the last layer
+  ae.disc_start = 50_001  # step from which the discriminator and its loss are on
+  ae.disc_lr = 0.0  # 0 = optim.lr
+  ae.disc_ndf = 64
+  ae.disc_layers = 3
+  # A converted LDM checkpoint (.ckpt / .safetensors) or an autoencoder workdir to start
+  # from on a fresh run; also what --mode=encode uses when the workdir has no checkpoint.
+  ae.init_checkpoint = ""
+  ae.latent_norm = "global"  # shift/scale of the encoded latents: global | channel
+
   config.lock()
+  return config
+
+
+def get_latent_vae_config() -> ml_collections.ConfigDict:
+  """Defaults shared by the latent VAE configs (latent VAE paper, appendix B and the
+  authors' config/*.py): Adam with beta1 = beta2 = 0.9 and 100 linear warm-up steps,
+  constant learning rate, no clipping (large steps are skipped instead), the
+  shifted-exponential KL schedule, 10% null labels, rematerialisation from 8x8 up."""
+  config = get_default_config()
+  config.method = "latent_vae"
+  config.optim.optimizer = "adam"
+  config.optim.beta1 = 0.9
+  config.optim.beta2 = 0.9
+  config.optim.warmup_steps = 100
+  config.optim.schedule = "constant"  # the reference's cosine has min lr = max lr
+  config.optim.grad_clip = 0.0
+  lv = config.latent_vae
+  lv.kl_schedule = "shifted_exp"
+  lv.kl_schedule_scale = 1000.0
+  lv.kl_schedule_shift = 10.0
+  lv.label_dropout = 0.1
+  lv.remat_min_resolution = 8
+  config.training.log_every = 500
+  config.checkpoint.every_steps = 2500  # reference: recent every 2500, permanent 50k
+  config.checkpoint.permanent_every_steps = 50_000
   return config
 
 

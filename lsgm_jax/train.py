@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -106,7 +107,11 @@ class Experiment:
     """This workdir's latest checkpoint if there is one, else a fresh state."""
     latest = checkpointer.latest_step()
     if latest is None:
-      return self.init_fn(self.rng), {}
+      state = self.method.warm_start(self.init_fn(self.rng))
+      # A warm start may put one array in two places (params and EMA); the step donates
+      # the state, so every leaf gets its own buffer.
+      state = jax.device_put(state, self.state_shardings)
+      return jax.tree.map(lambda x: jnp.array(x, copy=True), state), {}
     target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
     return checkpointer.restore(latest, target, self.fingerprint)
 
@@ -336,6 +341,13 @@ def sample(config: ml_collections.ConfigDict, workdir: str, devices=None
   exp = Experiment(config, workdir, devices)
   state, step, _ = exp.restore_for_inference()
   out_dir = os.path.join(workdir, "samples", f"step_{step}")
+  # A method may define other sample tasks (latent VAE: manipulations, paper section 5);
+  # its ``sample_task`` returns None for plain samples.
+  sample_task = getattr(exp.method, "sample_task", None)
+  info = sample_task(state, out_dir) if sample_task is not None else None
+  if info is not None:
+    logging.info("wrote the sample task's output to %s (%s)", out_dir, info)
+    return info
   info = write_samples(exp, state, out_dir)
   logging.info("wrote %d samples to %s (%s)", config.sampling.num_samples, out_dir, info)
   return info

@@ -59,6 +59,12 @@ class Method(abc.ABC):
 
   # --- shared by every family ---------------------------------------------------------
 
+  def warm_start(self, state: TrainState) -> TrainState:
+    """Host-side hook, called once on a fresh start (no checkpoint in the workdir):
+    multi-stage families load their earlier stage here (``checkpoint.load_stage``).
+    A resumed run restores the workdir's own checkpoint and never calls it."""
+    return state
+
   def make_optimizer(self) -> optax.GradientTransformation:
     return optim.make_optimizer(self.config.optim, self.config.training.num_train_steps)
 

@@ -261,6 +261,11 @@ class LSGMTerms(NamedTuple):
   cross_entropy_per_var: Array
 
 
+PairedEpsFn = Callable[[Array, Array], tuple[Array, Array]]
+"""``fn(z_t, t) -> (eps_for_q, eps_for_p)``: the final (mixed) noise prediction, returned
+twice so that a caller can route gradients (equal values; see ``methods/lsgm.py``)."""
+
+
 def lsgm_terms(rng: Array, diffusion: LSGMDiffusion, noise_pred_fn: NoisePredFn,
                mixing_logit: Array | None, z0: Array, *, iw_sample_p: str = "ll_iw",
                iw_sample_q: str = REWEIGHT_P_SAMPLES, time_eps: float = 1e-2,
@@ -286,6 +291,33 @@ def lsgm_terms(rng: Array, diffusion: LSGMDiffusion, noise_pred_fn: NoisePredFn,
   Returns:
     ``LSGMTerms``.
   """
+  eps_fn = make_mixed_noise_pred_fn(diffusion, noise_pred_fn, mixing_logit)
+
+  def pair(z_t, t):
+    eps = eps_fn(z_t, t)
+    return eps, eps
+
+  return lsgm_terms_paired(rng, diffusion, pair, z0, iw_sample_p=iw_sample_p,
+                           iw_sample_q=iw_sample_q, time_eps=time_eps,
+                           include_terminal=include_terminal)
+
+
+def lsgm_terms_paired(rng: Array, diffusion: LSGMDiffusion, eps_pair_fn: PairedEpsFn,
+                      z0: Array, *, iw_sample_p: str = "ll_iw",
+                      iw_sample_q: str = REWEIGHT_P_SAMPLES, time_eps: float = 1e-2,
+                      include_terminal: bool = False) -> LSGMTerms:
+  """``lsgm_terms`` with a paired final prediction: p uses the second output, q the first.
+
+  Args:
+    rng: PRNG key.
+    diffusion: the latent diffusion.
+    eps_pair_fn: ``fn(z_t, t) -> (eps_q, eps_p)`` (mixing already applied).
+    z0: encoder samples ``[B, ...]``.
+    iw_sample_p, iw_sample_q, time_eps, include_terminal: as ``lsgm_terms``.
+
+  Returns:
+    ``LSGMTerms``.
+  """
   if iw_sample_p not in IW_MODES:
     raise ValueError(f"iw_sample_p must be one of {IW_MODES}, got {iw_sample_p!r}")
   if iw_sample_q != REWEIGHT_P_SAMPLES and iw_sample_q not in IW_MODES:
@@ -296,15 +328,19 @@ def lsgm_terms(rng: Array, diffusion: LSGMDiffusion, noise_pred_fn: NoisePredFn,
   draws_p = diffusion.iw_quantities(rng_p, batch, time_eps, iw_sample_p)
   if iw_sample_q == REWEIGHT_P_SAMPLES:
     noise = jax.random.normal(rng_z, z0.shape, z0.dtype)
-    l2 = denoising_error(diffusion, noise_pred_fn, mixing_logit, z0, noise, draws_p)
-    l2_p, l2_q, draws_q = l2, l2, draws_p
+    z_t = diffusion.sample_q(z0, noise, draws_p.var_t, draws_p.m_t)
+    eps_q, eps_p = eps_pair_fn(z_t, draws_p.t)
+    l2_p, l2_q, draws_q = jnp.square(eps_p - noise), jnp.square(eps_q - noise), draws_p
   else:
     draws_q = diffusion.iw_quantities(rng_q, batch, time_eps, iw_sample_q)
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), draws_p, draws_q)
-    noise = jax.random.normal(rng_z, (2 * batch,) + z0.shape[1:], z0.dtype)
-    z0_both = jnp.concatenate([z0, z0], axis=0)
-    l2 = denoising_error(diffusion, noise_pred_fn, mixing_logit, z0_both, noise, both)
-    l2_p, l2_q = l2[:batch], l2[batch:]
+    # One noise draw shared by the two halves, as the reference.
+    noise = jax.random.normal(rng_z, z0.shape, z0.dtype)
+    noise2 = jnp.concatenate([noise, noise], axis=0)
+    z_t = diffusion.sample_q(jnp.concatenate([z0, z0], axis=0), noise2, both.var_t, both.m_t)
+    eps_q, eps_p = eps_pair_fn(z_t, both.t)
+    l2_p = jnp.square(eps_p[:batch] - noise)
+    l2_q = jnp.square(eps_q[batch:] - noise)
   p_obj = _sum_per_example(batch_broadcast(draws_p.weight_p, l2_p) * l2_p)
   per_var = _cross_entropy_from(diffusion, l2_q, draws_q, time_eps)
   ce = _sum_per_example(per_var)
