@@ -110,6 +110,31 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: str
         "use a new --workdir or the config it was trained with")
 
 
+def _stage_directory(path: str, what: str) -> str:
+  directory = path.rstrip("/")
+  if os.path.basename(directory) != "checkpoints":
+    directory = os.path.join(directory, "checkpoints")
+  if "://" not in directory:
+    directory = os.path.abspath(directory)
+  if "://" not in directory and not os.path.isdir(directory):
+    raise FileNotFoundError(f"{what}: no checkpoints directory at {directory} (train that "
+                            f"stage first with --workdir={path})")
+  return directory
+
+
+def check_stage(path: str, what: str = "earlier stage") -> int:
+  """The latest step under ``path`` (as ``load_stage``), or one clear FileNotFoundError."""
+  directory = _stage_directory(path, what)
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_names=("state", "meta"))
+  step = manager.latest_step()
+  manager.close()
+  if step is None:
+    raise FileNotFoundError(f"{what}: no checkpoint in {directory}")
+  return int(step)
+
+
 def load_stage(path: str, what: str = "earlier stage") -> dict[str, Any]:
   """The latest checkpoint under ``path`` (a workdir or its ``checkpoints`` folder) as
   host NumPy arrays: ``{"params", "ema_params", "model_state", "step", "meta"}``.
@@ -119,14 +144,7 @@ def load_stage(path: str, what: str = "earlier stage") -> dict[str, Any]:
   array is restored onto one host device and fetched, so any device count can read it.
   A path without a checkpoint is one clear ``FileNotFoundError`` naming ``what``.
   """
-  directory = path.rstrip("/")
-  if os.path.basename(directory) != "checkpoints":
-    directory = os.path.join(directory, "checkpoints")
-  if "://" not in directory:
-    directory = os.path.abspath(directory)
-  if "://" not in directory and not os.path.isdir(directory):
-    raise FileNotFoundError(f"{what}: no checkpoints directory at {directory} (train that "
-                            f"stage first with --workdir={path})")
+  directory = _stage_directory(path, what)
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
       item_names=("state", "meta"))

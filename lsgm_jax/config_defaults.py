@@ -338,3 +338,67 @@ def get_cld_config() -> ml_collections.ConfigDict:
   config.sampling.eps = 1e-3
   config.sampling.denoise = True
   return config
+
+
+def get_lsgm_config(stage: str, steps_per_epoch: int, epochs: int,
+                    warmup_epochs: int = 5) -> ml_collections.ConfigDict:
+  """Defaults shared by the LSGM configs (NVlabs/LSGM train_vae.py / train_vada.py).
+
+  Epoch counts of the README commands become steps at the commands' global batch.
+  Stage 1 (``train_vae``): Adamax, lr 1e-2 cosine to 1e-4, weight decay 3e-4, eps 1e-3,
+  no EMA, no clipping. Stage 2 (``train_vada``): the VAE's Adam(W) lr 1e-4 cosine to 1e-5,
+  eps 1e-3; the SGM's Adam(W) eps 1e-4; EMA 0.9999; the latent NCSN++ (all channel
+  multipliers 1, 8 blocks per level, attention at 16, BigGAN blocks, sqrt(2) skip
+  rescale, positional embedding of 1000 t with 128 features, dropout 0.2).
+  """
+  config = get_default_config()
+  config.method = "lsgm"
+  config.lsgm.stage = stage
+  config.data.centered = True
+  config.training.num_train_steps = steps_per_epoch * epochs
+  config.training.log_every = 200
+  config.optim.grad_clip = 0.0  # --grad_clip_max_norm 0
+  config.optim.weight_decay = 3e-4
+  config.optim.eps = 1e-3
+  config.optim.warmup_steps = steps_per_epoch * warmup_epochs
+  config.optim.schedule = "cosine"
+  config.checkpoint.every_steps = 5000
+  config.eval.batch_size = 256
+  config.sampling.batch_size = 100
+  config.sampling.num_samples = 100
+  if stage == "train_vae":
+    config.training.ema_decay = 0.0  # the reference NVAE keeps no EMA
+    config.optim.optimizer = "adamax"
+    config.optim.lr = 1e-2
+    config.optim.min_lr_ratio = 1e-2  # --learning_rate_min_vae 1e-4
+    return config
+  config.training.ema_decay = 0.9999
+  config.optim.optimizer = "adamw"
+  config.optim.lr = 1e-4
+  config.optim.min_lr_ratio = 0.1  # --learning_rate_min_vae 1e-5
+  dae = config.lsgm.dae_optim
+  dae.optimizer = "adamw"
+  dae.eps = 1e-4
+  dae.weight_decay = 3e-4
+  dae.warmup_steps = steps_per_epoch * warmup_epochs
+  dae.schedule = "constant"  # --learning_rate_min_dae = --learning_rate_dae
+  model = config.model
+  model.name = "ncsnpp"
+  model.ch_mult = (1, 1, 1)
+  model.num_res_blocks = 8
+  model.attn_resolutions = (16,)
+  model.dropout = 0.2
+  model.fir = False
+  model.skip_rescale = True  # --apply_sqrt2_res
+  model.resblock_type = "biggan"
+  model.progressive = "none"
+  model.progressive_input = "none"
+  model.init_scale = 0.0
+  model.embedding_type = "positional"
+  model.time_scale = 1000.0  # --embedding_scale 1000
+  config.lsgm.embedding_dim = 128
+  config.sampling.method = "probability_flow_ode"
+  config.sampling.denoise = False
+  config.eval.ode_rtol = 1e-5
+  config.eval.ode_atol = 1e-5
+  return config

@@ -107,6 +107,7 @@ class Experiment:
     """This workdir's latest checkpoint if there is one, else a fresh state."""
     latest = checkpointer.latest_step()
     if latest is None:
+      self.method.check_warm_start()
       state = self.method.warm_start(self.init_fn(self.rng))
       # A warm start may put one array in two places (params and EMA); the step donates
       # the state, so every leaf gets its own buffer.

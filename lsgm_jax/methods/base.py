@@ -59,6 +59,10 @@ class Method(abc.ABC):
 
   # --- shared by every family ---------------------------------------------------------
 
+  def check_warm_start(self) -> None:
+    """Raises a clear error (before anything compiles) if ``warm_start`` cannot succeed,
+    e.g. an earlier stage's checkpoint path that holds no checkpoint."""
+
   def warm_start(self, state: TrainState) -> TrainState:
     """Host-side hook, called once on a fresh start (no checkpoint in the workdir):
     multi-stage families load their earlier stage here (``checkpoint.load_stage``).

@@ -216,15 +216,22 @@ class LSGM(Method):
     return optax.multi_transform({"vae": vae_tx, "score": dae_tx},
                                  {"vae": "vae", "score": "score"})
 
+  def check_warm_start(self) -> None:
+    lc = self.config.lsgm
+    if self.is_vada:
+      if not lc.vae_checkpoint:
+        raise ValueError("config.lsgm.vae_checkpoint is empty: stage 'train_vada' starts "
+                         "from a stage-1 ('train_vae') workdir")
+      checkpoint.check_stage(lc.vae_checkpoint,
+                             f"config.lsgm.vae_checkpoint={lc.vae_checkpoint!r}")
+
   def warm_start(self, state: TrainState) -> TrainState:
     """Stage 2 on a fresh start: the stage-1 VAE from ``config.lsgm.vae_checkpoint``
     (params, EMA params, BN statistics), then ``drop_inactive_var``."""
     if not self.is_vada:
       return state
     lc = self.config.lsgm
-    if not lc.vae_checkpoint:
-      raise ValueError("config.lsgm.vae_checkpoint is empty: stage 'train_vada' starts from "
-                       "a stage-1 ('train_vae') workdir")
+    self.check_warm_start()
     stage1 = checkpoint.load_stage(lc.vae_checkpoint,
                                    f"config.lsgm.vae_checkpoint={lc.vae_checkpoint!r}")
     vae_params = stage1["params"].get("vae") if isinstance(stage1["params"], dict) else None

@@ -1,0 +1,219 @@
+"""LSGM method (issue 5): pinned paper sizes through the configs, gradient routing, KL
+warm-up / balancing, the mixed score at initialisation, the cross entropy and the NELBO
+path against closed forms, and the two stages end to end (load, resume, wrong path)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lsgm_jax import data, methods, train
+from lsgm_jax.objectives import lsgm as lsgm_obj
+from lsgm_jax.objectives import nvae_kl, spectral_regularization
+from lsgm_jax.methods.lsgm import _routed, same_objectives
+from tests.helpers import load_config, run_main
+
+# NVAE / score-model trainable parameters of the reference (REFERENCE_NOTES.md).
+PAPER_COUNTS = [
+    ("lsgm_cifar", "balanced_vae", {"vae": 100_867_740}),
+    ("lsgm_cifar", "best_fid_vae", {"vae": 100_867_740}),
+    ("lsgm_cifar", "best_nll_vae", {"vae": 130_622_772}),
+    ("lsgm_cifar", "balanced", {"vae": 100_867_740, "score": 375_561_064}),
+    ("lsgm_cifar", "best_nll", {"vae": 130_622_772, "score": 375_561_064}),
+    ("lsgm_mnist", "lsgm", {"vae": 3_005_822, "score": 63_774_544}),
+]
+
+
+def _method(name, variant, **overrides):
+  config = load_config(name, variant)
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return methods.build_method(config, data.dataset_info(config.data)), config
+
+
+def _count(tree):
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+@pytest.mark.parametrize("name,variant,expected", PAPER_COUNTS)
+def test_paper_parameter_counts_through_configs(name, variant, expected):
+  method, _ = _method(name, variant)
+  params, _ = jax.eval_shape(method.init_params, jax.random.PRNGKey(0))
+  assert {k: _count(v) for k, v in params.items()} == expected
+
+
+def test_kl_warmup_is_continuous_across_stages():
+  """Stage 1 ends where stage 2 starts (the schedule spans both stages explicitly)."""
+  for name, vae_variant, vada_variant in [("lsgm_cifar", "balanced_vae", "balanced"),
+                                          ("lsgm_cifar", "best_fid_vae", "best_fid"),
+                                          ("lsgm_cifar", "best_nll_vae", "best_nll"),
+                                          ("lsgm_mnist", "vae", "lsgm"),
+                                          ("lsgm_omniglot", "vae", "lsgm"),
+                                          ("lsgm_digits", "vae", "lsgm")]:
+    m1, c1 = _method(name, vae_variant)
+    m2, _ = _method(name, vada_variant)
+    end = float(m1._kl_coeff(c1.training.num_train_steps))
+    start = float(m2._kl_coeff(0))
+    assert end == pytest.approx(start, abs=1e-3), (name, end, start)  # const_portion 1e-4
+    assert float(m2._kl_coeff(10**9)) == 1.0
+
+
+def test_kl_coeff_and_balancer():
+  assert float(nvae_kl.kl_coeff(0, 100, 10, 1e-4, 0.7)) == pytest.approx(1e-4)
+  assert float(nvae_kl.kl_coeff(60, 100, 10, 1e-4, 0.7)) == pytest.approx(1e-4 + 0.7 * 0.5 - 1e-4 * 0.5)
+  assert float(nvae_kl.kl_coeff(500, 100, 10, 1e-4, 0.7)) == pytest.approx(0.7)
+  alpha = nvae_kl.kl_balancer_coeff(2, (4, 2), "square")
+  # Coarsest scale first: 1/2 per group there, 4/4 at the finer scale; min -> 1.
+  np.testing.assert_allclose(alpha, [1, 1, 2, 2, 2, 2])
+  kl = jnp.array([[1.0, 3.0], [3.0, 5.0]])
+  plain = nvae_kl.kl_balancer(kl, 0.5, False, np.ones(2))
+  np.testing.assert_allclose(plain.kl, [2.0, 4.0])
+  bal = nvae_kl.kl_balancer(kl, 0.5, True, np.ones(2))
+  w = np.array([2.01, 4.01]) * 6.02
+  w = w / w.mean()
+  np.testing.assert_allclose(bal.group_coeffs, w, rtol=1e-6)
+  np.testing.assert_allclose(bal.kl, 0.5 * (kl @ w), rtol=1e-6)
+  # At coefficient 1 balancing switches off.
+  np.testing.assert_allclose(nvae_kl.kl_balancer(kl, 1.0, True, np.ones(2)).kl, [4.0, 8.0])
+
+
+def test_routed_gradients():
+  """One evaluation; q's cotangent reaches only z, p's only the parameters."""
+  calls = []
+
+  def fn(p, z):
+    calls.append(1)
+    return p * z ** 2
+
+  def loss(p, z, a, b):
+    out_q, out_p = _routed(fn, p, z)
+    return a * jnp.sum(out_q) + b * jnp.sum(out_p)
+
+  p, z = jnp.array(3.0), jnp.array([1.0, 2.0])
+  gp, gz = jax.grad(loss, argnums=(0, 1))(p, z, 2.0, 5.0)
+  assert float(gp) == pytest.approx(5.0 * float(jnp.sum(z ** 2)))
+  np.testing.assert_allclose(gz, 2.0 * 2 * p * z)
+  assert same_objectives("ll_iw", "reweight_p_samples")
+  assert not same_objectives("drop_all_iw", "reweight_p_samples")
+  assert not same_objectives("ll_iw", "ll_uniform")
+
+
+def test_spectral_penalty_matches_svd():
+  rng = np.random.RandomState(0)
+  params = {"a": {"kernel": jnp.asarray(rng.randn(3, 3, 4, 5), jnp.float32)},
+            "b": {"kernel": jnp.asarray(rng.randn(1, 1, 6, 2), jnp.float32)},
+            "dense": {"kernel": jnp.asarray(rng.randn(4, 4), jnp.float32)}}
+  vectors = spectral_regularization.init_power_vectors(params, jax.random.PRNGKey(0), 200)
+  penalty, _ = spectral_regularization.spectral_penalty(params, vectors, 4)
+  expected = sum(np.linalg.svd(np.asarray(params[k]["kernel"]).reshape(-1, s), compute_uv=False)[0]
+                 for k, s in (("a", 5), ("b", 2)))
+  assert float(penalty) == pytest.approx(expected, rel=1e-4)
+
+
+def _tiny_vada(**overrides):
+  return _method("lsgm_digits", "lsgm_smoke", **overrides)
+
+
+@pytest.fixture(scope="module")
+def exact_prior_vada():
+  """A tiny stage-2 model whose SGM is the exact N(0, I) prior (mixing logit -inf)."""
+  method, _ = _tiny_vada(**{"eval.likelihood": True, "eval.ode_rtol": 1e-5,
+                            "eval.ode_atol": 1e-5})
+  params, state = jax.jit(method.init_params)(jax.random.key(0, impl="rbg"))
+  params["score"]["mixing_logit"] = jnp.full_like(params["score"]["mixing_logit"], -jnp.inf)
+  return method, params, state
+
+
+def test_mixed_score_at_minus_infinity_is_the_normal_prior_score(exact_prior_vada):
+  method, params, state = exact_prior_vada
+  z = jax.random.normal(jax.random.PRNGKey(1), (3,) + method.latent_shape)
+  t = jnp.array([0.05, 0.5, 0.9])
+  score = method.score_fn(params, state)(z, t)
+  # VP with sigma2_0 = 0: z_t ~ N(0, I) for N(0, I) latents, score -z (exactly).
+  np.testing.assert_allclose(score, -z, rtol=1e-5, atol=1e-6)
+
+
+def test_cross_entropy_with_exact_score_equals_closed_form():
+  """LSGM Theorem 1 with the exact score of the Normal reference (the mixing component):
+  the DSM estimate plus the t = 1 term equals CE(q_eps || N(0, I)) in closed form, for
+  q = N(mu, s^2) perturbed by the kernel at t = time_eps."""
+  method, _ = _tiny_vada()
+  diffusion = method.diffusion
+  d, n = 4, 20000
+  mu, s = 0.6, 0.5
+  z0 = mu + s * jax.random.normal(jax.random.PRNGKey(0), (n, d))
+  eps_normal = lambda z, t: diffusion.mixing_component(z, t)
+  ce = lsgm_obj.cross_entropy(jax.random.PRNGKey(1), diffusion, eps_normal, None, z0,
+                              iw_sample_q="ll_uniform", time_eps=1e-2, include_terminal=True)
+  m = float(diffusion.e2int_f(jnp.array(1e-2)))
+  var = float(diffusion.var(jnp.array(1e-2)))
+  # q_eps = N(m mu, m^2 s^2 + var); CE with N(0, m^2 + var) = N(0, 1) for VP.
+  pvar = m ** 2 + var
+  qvar = m ** 2 * s ** 2 + var
+  closed = d * (0.5 * math.log(2 * math.pi * pvar) + ((m * mu) ** 2 + qvar) / (2 * pvar))
+  est = float(jnp.mean(ce.per_example))
+  stderr = float(jnp.std(ce.per_example)) / math.sqrt(n)
+  assert abs(est - closed) < 4 * stderr + 1e-3, (est, closed, stderr)
+
+
+def test_nelbo_path_against_closed_form(exact_prior_vada):
+  """End to end through eval_terms: with the exact N(0, I) score (mixing logit -inf) the
+  ODE NLL of the top latents is -log N(z0; 0, I), so the NELBO is recon + log q(z|x) +
+  that closed form; bits/dim divides by the pixel count once (LSGM issue 13)."""
+  method, params, state = exact_prior_vada
+  x = jnp.where(jax.random.uniform(jax.random.PRNGKey(3), (4, 8, 8, 1)) > 0.5, 1.0, -1.0)
+  rng = jax.random.PRNGKey(7)
+  terms = jax.jit(method.eval_terms)(params, state, {"x": x}, rng)
+  vae_rng = jax.random.split(rng, 3)[0]
+  out, _ = method._vae_forward(params, state, x, vae_rng, train=False)
+  from lsgm_jax.models import nvae as nvae_lib
+  recon = -nvae_lib.decoder_log_prob(method.vae_cfg, out.logits, x)
+  log_q = sum(jnp.sum(lq, axis=(1, 2, 3)) for lq in out.log_q)
+  z0 = method._top_latents(out)
+  dims = z0[0].size
+  neg_log_normal = 0.5 * jnp.sum(z0 ** 2, axis=(1, 2, 3)) + 0.5 * dims * math.log(2 * math.pi)
+  expected = recon + log_q + neg_log_normal
+  np.testing.assert_allclose(terms["nelbo"], expected, rtol=0, atol=0.02 * dims)
+  np.testing.assert_allclose(terms["bits_per_dim"], terms["nelbo"] / (64 * math.log(2)),
+                             rtol=1e-6)
+  assert np.all(np.asarray(terms["nfe"]) > 0)
+
+
+def test_two_stages_end_to_end(tmp_path):
+  """Stage 1 trains; stage 2 loads it (VAE params equal), trains, resumes without
+  stage 1 on disk; a wrong stage-1 path is one clear error line."""
+  stage1, stage2 = str(tmp_path / "vae"), str(tmp_path / "lsgm")
+  config1 = load_config("lsgm_digits", "vae_smoke")
+  train.train(config1, stage1)
+  config2 = load_config("lsgm_digits", "lsgm_smoke")
+  with config2.unlocked():
+    config2.lsgm.vae_checkpoint = stage1
+  state2 = train.train(config2, stage2)
+  assert int(state2.step) == 2
+  s1 = train.Experiment(config1, stage1).restore_for_inference()[0]
+  # Stage 2 started from the stage-1 VAE: two small steps away from it, not a fresh init.
+  a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(s1.params["vae"])])
+  b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state2.params["vae"])])
+  assert np.max(np.abs(a - b)) < 0.05 * np.max(np.abs(a))
+  # Resume: stage 1 may be gone, the workdir's own checkpoint is used.
+  shutil.rmtree(stage1)
+  with config2.unlocked():
+    config2.training.num_train_steps = 3
+  assert int(train.train(config2, stage2).step) == 3
+  # Wrong path: one line, exit 2.
+  result = run_main("configs/lsgm_digits.py:lsgm_smoke", str(tmp_path / "other"),
+                    f"--config.lsgm.vae_checkpoint={tmp_path / 'nowhere'}")
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.startswith("lsgm_jax: error:")]
+  assert len(lines) == 1 and "config.lsgm.vae_checkpoint" in lines[0], result.stderr[-2000:]
