@@ -25,6 +25,7 @@ class Mode(enum.Enum):
   TRAIN = "train"
   EVAL = "eval"
   SAMPLE = "sample"
+  ENCODE = "encode"  # first stage: write <workdir>/latents (lsgm_jax.encode_latents)
 
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -94,6 +95,9 @@ def run(config, workdir: str, mode: Mode):
     return train.train(config, workdir)
   if mode is Mode.EVAL:
     return train.evaluate(config, workdir)
+  if mode is Mode.ENCODE:
+    from lsgm_jax import encode_latents
+    return encode_latents.encode(config, workdir)
   return train.sample(config, workdir)
 
 

@@ -88,4 +88,7 @@ DIGITS_NUM_EVAL = 297
 DIGITS_MAX_LEVEL = 16
 DIGITS_SIZE = 8
 
-ALL_DATASETS = EMBEDDED_DATASETS + tuple(TFDS_DATASETS)
+# Latents of a trained first stage, written by --mode=encode (lsgm_jax.data.latents).
+LATENT_DATASETS = ("latents",)
+
+ALL_DATASETS = EMBEDDED_DATASETS + LATENT_DATASETS + tuple(TFDS_DATASETS)

@@ -30,6 +30,8 @@ class DataConfig:
     data_dir: TFDS data directory; "" = the TFDS default.
     num_toy_eval: held-out examples of the 2-D toy sets.
     shuffle_buffer: tf.data shuffle buffer (examples) for TFDS training.
+    latents_dir: for ``name="latents"``: the folder ``--mode=encode`` wrote
+      (``<autoencoder workdir>/latents``).
   """
 
   name: str = "swiss_roll"
@@ -43,6 +45,7 @@ class DataConfig:
   data_dir: str = ""
   num_toy_eval: int = 10_000
   shuffle_buffer: int = 10_000
+  latents_dir: str = ""
 
   def __post_init__(self):
     _validate(self)
@@ -58,7 +61,7 @@ class DataConfig:
   @property
   def resolved_image_size(self) -> int:
     """Image size before padding (``image_size`` or the dataset's default)."""
-    if self.is_toy:
+    if self.is_toy or self.name == "latents":
       return 0
     if self.name == "digits":
       return catalog.DIGITS_SIZE
@@ -84,6 +87,12 @@ def _validate(cfg: DataConfig) -> None:
             f"{cfg.name!r} is 2-D continuous data; set binarize=False, dequantize=False")
     if cfg.num_toy_eval <= 0:
       _fail("num_toy_eval", f"must be > 0, got {cfg.num_toy_eval}")
+    return
+  if cfg.name == "latents":
+    if not cfg.latents_dir:
+      _fail("latents_dir", "data.name='latents' needs the folder written by "
+            "`python -m lsgm_jax.main --mode=encode --config=<autoencoder config> "
+            "--workdir=<autoencoder workdir>` (<workdir>/latents)")
     return
   if cfg.name == "digits":
     channels = 1
@@ -142,6 +151,8 @@ class DatasetInfo:
     num_levels: intensity levels of the raw data (256 for 8-bit images, 17 for the 8x8
       digits, 0 for continuous toys); with ``data_range`` it fixes the dequantisation bin
       width used by bits/dim.
+    shift, scale: per latent channel, for ``latents``: the stored z are
+      (first-stage latent - shift) / scale (latent VAE paper, appendix B); () otherwise.
   """
 
   name: str
@@ -152,6 +163,8 @@ class DatasetInfo:
   num_eval: int | None
   data_range: tuple[float, float]
   num_levels: int = 256
+  shift: tuple[float, ...] = ()
+  scale: tuple[float, ...] = ()
 
   @property
   def dims(self) -> int:
@@ -163,6 +176,9 @@ def build_info(cfg: DataConfig) -> DatasetInfo:
   """``DatasetInfo`` for a validated config (see ``lsgm_jax.data.dataset_info``)."""
   if cfg.is_toy:
     return DatasetInfo(cfg.name, (2,), 0, True, None, cfg.num_toy_eval, (-1.0, 1.0), 0)
+  if cfg.name == "latents":
+    from lsgm_jax.data import latents  # pylint: disable=g-import-not-at-top
+    return latents.dataset_info(cfg)
   size = cfg.pad_to or cfg.resolved_image_size
   data_range = (-1.0, 1.0) if cfg.centered else (0.0, 1.0)
   if cfg.name == "digits":

@@ -168,11 +168,16 @@ def train_iterator(cfg: DataConfig, *, global_batch_size: int, seed: int,
   return generate()
 
 
-def _eval_arrays(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def _eval_arrays(cfg: DataConfig, split: str = "eval") -> tuple[np.ndarray, np.ndarray]:
   if cfg.is_toy:
+    if split != "eval":
+      raise ValueError(f"{cfg.name!r} is an infinite stream: it has no training split to "
+                       "pass over once")
     x = toy_eval_set(cfg.name, cfg.num_toy_eval)
     return x, np.zeros(len(x), np.int32)
-  _, _, levels, labels = digits_split()
+  train_levels, train_labels, levels, labels = digits_split()
+  if split == "train":  # one pass over the training split (encoding it once)
+    levels, labels = train_levels, train_labels
   # One fixed draw for the whole split: the same noise whatever the batch layout.
   return _digits_preprocess(cfg, levels, numpy_rng(Stream.DIGITS_EVAL_AUG), False), labels
 
@@ -205,8 +210,8 @@ def padded_batches(x: np.ndarray, label: np.ndarray, *, global_batch_size: int,
 
 
 def eval_iterator(cfg: DataConfig, *, global_batch_size: int, local_batch_size: int,
-                  process_index: int) -> Iterator[Batch]:
-  """One padded pass over the fixed held-out split of an embedded dataset."""
-  x, label = _eval_arrays(cfg)
+                  process_index: int, split: str = "eval") -> Iterator[Batch]:
+  """One padded pass over the fixed held-out (or, ``split="train"``, training) split."""
+  x, label = _eval_arrays(cfg, split)
   return padded_batches(x, label, global_batch_size=global_batch_size,
                         local_batch_size=local_batch_size, process_index=process_index)

@@ -61,13 +61,18 @@ def make_train_iterator(data_config: Any, *, global_batch_size: int, seed: int,
     return tfds_pipeline.train_iterator(
         cfg, global_batch_size=global_batch_size, seed=seed, start_position=start_position,
         local_batch_size=local, process_index=process_index, process_count=process_count)
+  if cfg.name == "latents":
+    from lsgm_jax.data import latents  # pylint: disable=g-import-not-at-top
+    return latents.train_iterator(
+        cfg, global_batch_size=global_batch_size, seed=seed, start_position=start_position,
+        local_batch_size=local, process_index=process_index)
   return embedded.train_iterator(
       cfg, global_batch_size=global_batch_size, seed=seed, start_position=start_position,
       local_batch_size=local, process_index=process_index)
 
 
 def make_eval_iterator(data_config: Any, *, global_batch_size: int, process_index: int = 0,
-                       process_count: int = 1) -> Iterator[Batch]:
+                       process_count: int = 1, split: str = "eval") -> Iterator[Batch]:
   """One finite pass over the held-out split, every example exactly once.
 
   Args:
@@ -81,13 +86,24 @@ def make_eval_iterator(data_config: Any, *, global_batch_size: int, process_inde
     process_count`` rows; the last batches are zero-padded and ``mask`` (float32) is 1
     for real rows, 0 for padding. Random preprocessing (dequantization, binarization)
     uses a fixed seed; no flips.
+
+  ``split="train"`` makes the same single padded pass over the training split (used to
+  encode a dataset once, ``lsgm_jax.encode_latents``); the 2-D toys have none.
   """
   cfg = as_data_config(data_config)
   local = check_batch(global_batch_size, process_index, process_count)
+  if split not in ("train", "eval"):
+    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
   if cfg.is_tfds:
     from lsgm_jax.data import tfds_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
     return tfds_pipeline.eval_iterator(
         cfg, global_batch_size=global_batch_size, local_batch_size=local,
-        process_index=process_index, process_count=process_count)
+        process_index=process_index, process_count=process_count, split_name=split)
+  if cfg.name == "latents":
+    from lsgm_jax.data import latents  # pylint: disable=g-import-not-at-top
+    return latents.eval_iterator(cfg, global_batch_size=global_batch_size,
+                                 local_batch_size=local, process_index=process_index,
+                                 split=split)
   return embedded.eval_iterator(cfg, global_batch_size=global_batch_size,
-                                local_batch_size=local, process_index=process_index)
+                                local_batch_size=local, process_index=process_index,
+                                split=split)

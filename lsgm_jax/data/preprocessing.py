@@ -35,6 +35,7 @@ class Stream(enum.IntEnum):
   TFDS_SHUFFLE = 8
   TFDS_AUG = 9
   TFDS_EVAL_AUG = 10
+  LATENTS_EPOCH = 11
 
 
 def _entropy(tag: Stream, words: tuple[int, ...]) -> list[int]:

@@ -14,6 +14,7 @@ before decoding, which reproduces the uninterrupted stream bitwise.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Iterator
@@ -214,7 +215,8 @@ def train_iterator(cfg: DataConfig, *, global_batch_size: int, seed: int,
 
 
 def eval_iterator(cfg: DataConfig, *, global_batch_size: int, local_batch_size: int,
-                  process_index: int, process_count: int) -> Iterator[Batch]:
+                  process_index: int, process_count: int,
+                  split_name: str = "eval") -> Iterator[Batch]:
   """One pass over this process's shard of the held-out split, padded with mask 0.
 
   Args:
@@ -230,6 +232,8 @@ def eval_iterator(cfg: DataConfig, *, global_batch_size: int, local_batch_size: 
   """
   del global_batch_size  # the layout is fully described by local_batch_size
   spec = catalog.TFDS_DATASETS[cfg.name]
+  if split_name == "train":  # one pass over the training split (encoding it once)
+    spec = dataclasses.replace(spec, eval_split=spec.train_split)
   builder = _open_builder(spec, cfg)
   split = tfds.split_for_jax_process(spec.eval_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=False)

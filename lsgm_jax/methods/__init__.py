@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from lsgm_jax.methods.autoencoder import Autoencoder
 from lsgm_jax.methods.base import Method
+from lsgm_jax.methods.latent_vae import LatentVAE
+from lsgm_jax.methods.lsgm import LSGM
 from lsgm_jax.methods.sgm import SGM
 
-METHODS: dict[str, type[Method]] = {"sgm": SGM}
+METHODS: dict[str, type[Method]] = {"autoencoder": Autoencoder, "sgm": SGM, "latent_vae": LatentVAE, "lsgm": LSGM}
 
 
 def build_method(config: ml_collections.ConfigDict, data_info) -> Method:

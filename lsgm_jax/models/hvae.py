@@ -33,6 +33,7 @@ counts are pinned in tests/test_hvae.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -710,8 +711,10 @@ def loss_terms(output: HVAEOutput, x: Array, sigma_q: float,
           "loss": recon + weighted + spectral_weight * output.spectral}
 
 
+@functools.lru_cache(maxsize=32)
 def count_params(config: HVAEConfig, batch: int = 1) -> int:
-  """Trainable parameters (``params`` collection) of ``HVAE(config)``, via eval_shape."""
+  """Trainable parameters (``params`` collection) of ``HVAE(config)``, via eval_shape
+  (memoised: tracing a paper-size model takes seconds; configs are frozen)."""
   model = HVAE(config)
   r = config.resolution
   x = jnp.zeros((batch, r, r, config.data_channels))
