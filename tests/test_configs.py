@@ -24,6 +24,26 @@ def all_variants():
       yield name, variant
 
 
+# Trainable parameters per top-level params entry, equal to the reference implementation's
+# for the same command line (../shared/REFERENCE_NOTES.md). Pinned here, where every
+# config is traced once anyway, so paper-size models are not traced twice.
+PINNED_COUNTS = {
+    # LSGM: NVAE ("vae") and the latent NCSN++ with its mixing logit ("score").
+    ("lsgm_cifar", "balanced_vae"): {"vae": 100_867_740},
+    ("lsgm_cifar", "best_fid_vae"): {"vae": 100_867_740},
+    ("lsgm_cifar", "best_nll_vae"): {"vae": 130_622_772},
+    ("lsgm_cifar", "balanced"): {"vae": 100_867_740, "score": 375_561_064},
+    ("lsgm_cifar", "best_fid"): {"vae": 100_867_740, "score": 375_561_064},
+    ("lsgm_cifar", "best_nll"): {"vae": 130_622_772, "score": 375_561_064},
+    ("lsgm_mnist", "vae"): {"vae": 3_005_822},
+    ("lsgm_mnist", "lsgm"): {"vae": 3_005_822, "score": 63_774_544},
+}
+
+
+def test_pinned_counts_name_real_variants():
+  assert set(PINNED_COUNTS) <= set(all_variants())
+
+
 @pytest.mark.parametrize("name,variant", list(all_variants()))
 def test_config_inits_through_eval_shape(name, variant):
   config = load_config(name, variant)
@@ -32,6 +52,10 @@ def test_config_inits_through_eval_shape(name, variant):
   abstract = jax.eval_shape(method.init_state, jax.random.PRNGKey(0))
   num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
   assert num_params > 0
+  if (name, variant) in PINNED_COUNTS:
+    counts = {k: sum(x.size for x in jax.tree.leaves(abstract.params[k]))
+              for k in PINNED_COUNTS[(name, variant)]}
+    assert counts == PINNED_COUNTS[(name, variant)]
   assert config.training.batch_size % config.training.num_microbatches == 0
 
 

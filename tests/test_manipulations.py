@@ -7,7 +7,6 @@ temperature 0 are exactly 0 and a swept latent is exactly its sweep value.
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -257,7 +257,10 @@ class LatentVAE(Method):
       return None
     if self._first_stage is None:
       from lsgm_jax import encode_latents  # the autoencoder family's module
-      self._first_stage = encode_latents.load_first_stage(path, self.config)
+      # Loaded on first use, which is usually inside the jitted sampler: read the
+      # checkpoint eagerly, not as part of the trace.
+      with jax.ensure_compile_time_eval():
+        self._first_stage = encode_latents.load_first_stage(path, self.config)
     return self._first_stage
 
   def decode(self, latents: jax.Array) -> jax.Array:
