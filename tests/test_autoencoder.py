@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import io
 import json
-import os
 import pickle
 import zipfile
 

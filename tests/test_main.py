@@ -4,7 +4,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from tests.helpers import run_main
 
