@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -109,10 +108,7 @@ class Experiment:
     if latest is None:
       self.method.check_warm_start()
       state = self.method.warm_start(self.init_fn(self.rng))
-      # A warm start may put one array in two places (params and EMA); the step donates
-      # the state, so every leaf gets its own buffer.
-      state = jax.device_put(state, self.state_shardings)
-      return jax.tree.map(lambda x: jnp.array(x, copy=True), state), {}
+      return jax.device_put(state, self.state_shardings), {}
     target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
     return checkpointer.restore(latest, target, self.fingerprint)
 
@@ -342,10 +338,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, devices=None
   exp = Experiment(config, workdir, devices)
   state, step, _ = exp.restore_for_inference()
   out_dir = os.path.join(workdir, "samples", f"step_{step}")
-  # A method may define other sample tasks (latent VAE: manipulations, paper section 5);
-  # its ``sample_task`` returns None for plain samples.
-  sample_task = getattr(exp.method, "sample_task", None)
-  info = sample_task(state, out_dir) if sample_task is not None else None
+  info = exp.method.sample_task(state, out_dir)  # e.g. latent VAE manipulations
   if info is not None:
     logging.info("wrote the sample task's output to %s (%s)", out_dir, info)
     return info

@@ -66,8 +66,15 @@ class Method(abc.ABC):
   def warm_start(self, state: TrainState) -> TrainState:
     """Host-side hook, called once on a fresh start (no checkpoint in the workdir):
     multi-stage families load their earlier stage here (``checkpoint.load_stage``).
-    A resumed run restores the workdir's own checkpoint and never calls it."""
+    A resumed run restores the workdir's own checkpoint and never calls it. The train
+    step donates the state, so no array may appear twice in what this returns."""
     return state
+
+  def sample_task(self, state: TrainState, out_dir: str) -> dict[str, Any] | None:
+    """``--mode=sample`` work other than plain samples (a family's config selects it);
+    None means: write ``config.sampling.num_samples`` samples as usual."""
+    del state, out_dir
+    return None
 
   def make_optimizer(self) -> optax.GradientTransformation:
     return optim.make_optimizer(self.config.optim, self.config.training.num_train_steps)

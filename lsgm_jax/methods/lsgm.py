@@ -253,7 +253,7 @@ class LSGM(Method):
       logging.info("drop_inactive_var: %d of %d latent channels active", int(active.sum()),
                    active.size)
       params["score"] = dict(params["score"], mixing_logit=logit)
-      ema["score"] = dict(ema["score"], mixing_logit=logit)
+      ema["score"] = dict(ema["score"], mixing_logit=jnp.array(logit, copy=True))
     return state.replace(params=params, ema_params=ema, model_state=model_state)
 
   def active_channels(self, vae_params: PyTree, vae_state: PyTree) -> np.ndarray:
