@@ -3,8 +3,18 @@ restore, and a guard against restoring another model's checkpoint.
 
 Layout: ``<workdir>/checkpoints/<step>/{state,meta}``. ``meta`` is JSON: the data
 iterator position (global batches consumed, so resume is exact), the model fingerprint
-and the config. Checkpoints at multiples of ``permanent_every_steps`` are never deleted
-(Orbax ``keep_period``); of the others the newest ``keep`` are kept.
+and the config.
+
+Retention (``prune``, ours rather than Orbax's ``max_to_keep``): checkpoints at multiples
+of ``permanent_every_steps`` are never deleted; of the regular ones (multiples of
+``every_steps``) the newest ``keep`` are kept; an off-schedule one (written on
+preemption or at the last step) is kept only while it is the newest, so repeated
+preemptions never evict the regular ones. A step that exists is never overwritten.
+
+Restore (``restore_newest``) tries checkpoints newest first. One that cannot be read
+(truncated or missing array files, missing ``meta``/``state``, a stray empty step
+folder, ...) is moved aside to ``<step>.damaged`` -- never deleted -- with one warning
+line, and the next older one is tried.
 """
 
 from __future__ import annotations
@@ -22,6 +32,10 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint on disk was written by a different model."""
 
 
+class NoReadableCheckpointError(FileNotFoundError):
+  """Every checkpoint in the directory is damaged."""
+
+
 class Checkpointer:
   """Saves and restores the train state plus JSON metadata under ``<workdir>/checkpoints``."""
 
@@ -31,9 +45,9 @@ class Checkpointer:
         else workdir.rstrip("/") + "/checkpoints"
     self.every_steps = int(ckpt_config.every_steps)
     self.permanent_every = int(ckpt_config.permanent_every_steps)
+    self.keep = max(int(ckpt_config.keep), 1)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max(int(ckpt_config.keep), 1),
-        keep_period=self.permanent_every or None,
+        max_to_keep=None,  # retention is ``prune``'s
         enable_async_checkpointing=bool(ckpt_config.async_save),
         create=not read_only,
         read_only=read_only,
@@ -50,12 +64,37 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts an (async) save of ``state`` and ``meta`` at ``step``."""
-    self.manager.save(
+    """Starts an (async) save of ``state`` and ``meta`` at ``step``, then prunes.
+
+    Never ``force=True``: a step that already exists is not replaced (Orbax skips it).
+    """
+    saved = self.manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True)
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    if not saved:
+      logging.warning("checkpoint step %d not written: %s already holds step %s", step,
+                      self.directory, self.manager.latest_step())
+      return
+    self.prune(newest=step)
+
+  def retained(self, steps: list[int]) -> set[int]:
+    """Which of ``steps`` the retention rule keeps (module docstring)."""
+    if not steps:
+      return set()
+    permanent = {s for s in steps if self.permanent_every and s % self.permanent_every == 0}
+    regular = sorted(s for s in steps if s not in permanent
+                     and self.every_steps and s % self.every_steps == 0)
+    return permanent | set(regular[-self.keep:]) | {max(steps)}
+
+  def prune(self, newest: int | None = None) -> None:
+    """Deletes the finished checkpoints that ``retained`` does not keep."""
+    finished = [int(s) for s in self.manager.all_steps()]
+    everything = finished + ([newest] if newest is not None else [])
+    keep = self.retained(everything)
+    for step in finished:
+      if step not in keep and step != newest:
+        self.manager.delete(step)
 
   def read_meta(self, step: int) -> dict[str, Any]:
     restored = self.manager.restore(
@@ -74,8 +113,52 @@ class Checkpointer:
     check_fingerprint(meta.get("fingerprint", {}), fingerprint, self.directory)
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    logging.info("restored step %d from %s", step, self.directory)
+    logging.vlog(1, "restored step %d from %s", step, self.directory)
     return restored["state"], meta
+
+  def restore_newest(self, abstract_state: Any, fingerprint: dict[str, Any]
+                     ) -> tuple[Any, dict[str, Any], int] | None:
+    """(state, meta, step) of the newest readable checkpoint; None if there is none.
+
+    Damaged ones are moved aside (``quarantine``); a checkpoint of another model is
+    not damage and stops with ``CheckpointMismatchError``. If every checkpoint is
+    damaged: ``NoReadableCheckpointError`` naming them.
+    """
+    tried = []
+    for step in sorted((int(s) for s in self.manager.all_steps()), reverse=True):
+      try:
+        state, meta = self.restore(step, abstract_state, fingerprint)
+        jax.block_until_ready(state)
+        return state, meta, step
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (any unreadable file)
+        reason = _one_line(e)
+        tried.append(f"{step} ({reason})")
+        self.quarantine(step, reason)
+    if tried:
+      raise NoReadableCheckpointError(
+          f"no readable checkpoint in {self.directory}: tried {'; '.join(tried)}; the "
+          "damaged ones were moved aside to <step>.damaged")
+    return None
+
+  def quarantine(self, step: int, reason: str) -> None:
+    """Moves the damaged ``<step>`` folder aside to ``<step>.damaged`` (never deletes)."""
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    source = epath.Path(self.directory) / str(step)
+    target = epath.Path(self.directory) / f"{step}.damaged"
+    n = 1
+    while target.exists():
+      target = epath.Path(self.directory) / f"{step}.damaged.{n}"
+      n += 1
+    try:
+      source.rename(target)
+      logging.warning("checkpoint step %d is damaged (%s): moved aside to %s", step,
+                      reason, target)
+    except OSError as e:
+      logging.warning("checkpoint step %d is damaged (%s) and could not be moved aside "
+                      "(%s): skipped", step, reason, _one_line(e))
+    self.manager.reload()
 
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
@@ -84,6 +167,11 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:

@@ -94,6 +94,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   # skip_threshold is not applied; max_consecutive_skips in a row stop the run.
   training.skip_threshold = 0.0  # 0 = only non-finite steps are skipped
   training.max_consecutive_skips = 20
+  # Resuming with another batch_size changes what the saved data position means; refused
+  # unless this is True (then the position is converted by examples seen, rounded down).
+  training.allow_batch_size_change = False
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "adam"  # adam | adamw | adamax

@@ -56,25 +56,28 @@ class Experiment:
 
   def init_or_restore(self, checkpointer: checkpoint.Checkpointer
                       ) -> tuple[TrainState, dict[str, Any]]:
-    """This workdir's latest checkpoint if there is one, else a fresh state."""
-    latest = checkpointer.latest_step()
-    if latest is None:
+    """This workdir's newest readable checkpoint if there is one, else a fresh state."""
+    target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    restored = checkpointer.restore_newest(target, self.fingerprint)
+    if restored is None:
       self.method.check_warm_start()
       state = self.method.warm_start(self.init_fn(self.rng))
       return jax.device_put(state, self.state_shardings), {}
-    target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
-    return checkpointer.restore(latest, target, self.fingerprint)
+    state, meta, _ = restored
+    return state, meta
 
   def restore_for_inference(self) -> tuple[TrainState, int, dict[str, Any]]:
-    """(state, step, meta) of the latest checkpoint of ``workdir``; a clear error if
-    there is none."""
+    """(state, step, meta) of the newest readable checkpoint of ``workdir``; a clear
+    error if there is none."""
     checkpointer = checkpoint.Checkpointer(self.workdir, self.config.checkpoint, read_only=True)
-    latest = checkpointer.latest_step()
-    if latest is None:
+    target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    try:
+      restored = checkpointer.restore_newest(target, self.fingerprint)
+    finally:
+      checkpointer.close()
+    if restored is None:
       raise FileNotFoundError(
           f"no checkpoint in {checkpointer.directory}: train first with --mode=train "
           f"--workdir={self.workdir}")
-    target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
-    state, meta = checkpointer.restore(latest, target, self.fingerprint)
-    checkpointer.close()
-    return state, latest, meta
+    state, meta, step = restored
+    return state, step, meta

@@ -2,8 +2,10 @@
 --mode=train|eval|sample [--config.a.b=value ...]``.
 
 Thin on purpose: flags, distributed init, the process layout, then ``lsgm_jax.train``.
-A bad config field, a missing dataset or a wrong checkpoint exits with one line on
-stderr (exit code 2) instead of a traceback.
+A bad config field, a missing dataset, a wrong checkpoint or a busy workdir exits with
+one line on stderr and exit code 2; a storage fault (read-only or full disk, a workdir
+that is a file, I/O errors) with one line and exit code 3. A run stopped by SIGTERM or
+Ctrl-C saves at the next step boundary and exits 0.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ import os
 import re
 import sys
 
+from lsgm_jax import signals  # first: a signal during the slow imports below is kept
+
+signals.install_early()
+
 # TensorFlow (tf.data, clu's writers) must never take accelerator memory; hide
 # accelerators from it before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its start-up note, see console.py
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -32,6 +39,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/<name>.py[:variant]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
 _MODE = flags.DEFINE_enum_class("mode", Mode.TRAIN, Mode, "What to do.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", "", "eval / sample: write results here instead of the workdir (for "
+    "a read-only checkpoint directory).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "host:port of process 0 (multi-process runs without "
     "auto-detection; TPU pods and SLURM are detected automatically).")
@@ -76,51 +86,92 @@ def config_error_line(error: BaseException, argv: list[str]) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with config-file and override errors as one line (exit 2)."""
+  from lsgm_jax import config_errors
+  line = config_errors.check_file(argv)
+  if line:
+    print(f"lsgm_jax: error: {line}", file=sys.stderr)
+    sys.exit(2)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     cause = e.__cause__ or e.__context__ or e
-    print(f"lsgm_jax: error: {config_error_line(cause, argv)}", file=sys.stderr)
-    sys.exit(2)
+    line = config_errors.diagnose(argv) or config_error_line(cause, argv)
   except Exception as e:  # a config file that raises while loading  # noqa: BLE001
-    print(f"lsgm_jax: error: {config_error_line(e, argv)}", file=sys.stderr)
-    sys.exit(2)
+    line = config_errors.diagnose(argv) or config_error_line(e, argv)
+  print(f"lsgm_jax: error: {line}", file=sys.stderr)
+  sys.exit(2)
 
 
-def run(config, workdir: str, mode: Mode):
-  """Runs one mode; the importable core of ``main`` (tests call it directly)."""
+EXIT_BAD_INPUT = 2  # a config field, flag, dataset, checkpoint path or busy workdir
+EXIT_STORAGE = 3  # the workdir's storage failed: read-only, full, not a directory, I/O
+
+
+def run(config, workdir: str, mode: Mode, output_dir: str = ""):
+  """Runs one mode; the importable core of ``main`` (tests call it directly).
+  ``output_dir`` (eval / sample): where results go instead of ``workdir``."""
   from lsgm_jax import config_checks, train
   config_checks.check_config(config)
   if mode is Mode.TRAIN:
     return train.train(config, workdir)
   if mode is Mode.EVAL:
-    return train.evaluate(config, workdir)
+    return train.evaluate(config, workdir, output_dir=output_dir or None)
   if mode is Mode.ENCODE:
     from lsgm_jax import encode_latents
     return encode_latents.encode(config, workdir)
-  return train.sample(config, workdir)
+  return train.sample(config, workdir, output_dir=output_dir or None)
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(str(error).split())
+  return text or type(error).__name__
+
+
+def check_workdir(workdir: str, mode: Mode) -> None:
+  """One line for a workdir that cannot hold a run: a file, or under a file."""
+  if "://" in workdir:
+    return
+  path = os.path.abspath(workdir)
+  probe = path
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if probe and not os.path.isdir(probe):
+    what = "is a file" if probe == path else f"is under a file ({probe})"
+    print(f"lsgm_jax: error: --workdir={workdir} {what}; choose a directory",
+          file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  if mode is Mode.TRAIN or mode is Mode.ENCODE:
+    os.makedirs(path, exist_ok=True)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from lsgm_jax import console
+  console.quiet_libraries()
   hide_accelerators_from_tensorflow()
+  import tensorflow as tf
   from lsgm_jax import checkpoint, parallel, train
   from lsgm_jax.config_checks import ConfigError
+  from lsgm_jax.workdir_lock import WorkdirLockedError
 
   parallel.maybe_initialize_distributed(
       _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax
-  if jax.process_index() == 0:
-    os.makedirs(_WORKDIR.value, exist_ok=True) if "://" not in _WORKDIR.value else None
-  logging.info("process %d of %d, mode %s, workdir %s", jax.process_index(),
-               jax.process_count(), _MODE.value.value, _WORKDIR.value)
+  if jax.process_count() > 1:
+    logging.info("process %d of %d, mode %s, workdir %s", jax.process_index(),
+                 jax.process_count(), _MODE.value.value, _WORKDIR.value)
   try:
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    if jax.process_index() == 0:
+      check_workdir(_WORKDIR.value, _MODE.value)
+    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _OUTPUT_DIR.value)
   except (ConfigError, checkpoint.CheckpointMismatchError, train.SkipLimitError,
-          FileNotFoundError, ValueError) as e:
-    print(f"lsgm_jax: error: {e}", file=sys.stderr)
-    sys.exit(2)
+          FileNotFoundError, ValueError, WorkdirLockedError) as e:
+    print(f"lsgm_jax: error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  except (OSError, tf.errors.OpError) as e:  # storage: read-only, full, I/O errors
+    print(f"lsgm_jax: error: storage: {_one_line(e)} (workdir {_WORKDIR.value})",
+          file=sys.stderr)
+    sys.exit(EXIT_STORAGE)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,9 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 
 
 def log_process_layout(mesh: Mesh) -> None:
+  """Each process's devices (multi-process jobs; the start banner covers one process)."""
+  if jax.process_count() == 1:
+    return
   logging.info(
       "process %d/%d: %d local / %d global devices (%s); mesh %s",
       jax.process_index(), jax.process_count(), jax.local_device_count(),

@@ -9,6 +9,7 @@ exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -20,13 +21,14 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from lsgm_jax import checkpoint, data, parallel
+from lsgm_jax import checkpoint, console, data, flops, parallel, signals
 from lsgm_jax.evaluation import distances, sample_images
 from lsgm_jax.experiment import Experiment  # re-exported: train.Experiment
 from lsgm_jax.train_state import TrainState
+from lsgm_jax.workdir_lock import WorkdirLock
 
 
 class SkipLimitError(RuntimeError):
@@ -34,22 +36,31 @@ class SkipLimitError(RuntimeError):
 
 
 class Preemption:
-  """Turns SIGTERM into a flag read at the next step boundary (no host sync).
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a flag read at the next step boundary (no
+  host sync); a second Ctrl-C aborts at once. Installed before anything is built, so a
+  signal during start-up or compilation ends the run with exit 0 as soon as control
+  returns (nothing to save yet) instead of the default exit 143.
 
   With several processes, jax's own preemption service (started by
   ``jax.distributed.initialize``) makes every process agree on the step at which to
-  stop, so the signal handler is left to it.
+  stop, so the signal handlers are left to it.
   """
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = signals.received()  # a signal during main's imports
+    self._previous: dict[int, Any] = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: checkpointing at the next step boundary")
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+    logging.warning("%s received: checkpointing at the next step boundary%s", name, again)
     self.requested = True
 
   def reached(self, step: int) -> bool:
@@ -58,8 +69,9 @@ class Preemption:
     return self.requested
 
   def restore_handler(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
 
 def _host_metrics(buffer: list[dict[str, jax.Array]]) -> list[dict[str, float]]:
@@ -85,89 +97,174 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
   """Trains (or resumes) the configured method in ``workdir``; returns the final state.
 
   ``devices`` restricts the mesh to these devices (default: all of the job's devices).
+  Process 0 holds the workdir's lock for the whole run: a second trainer on the same
+  workdir stops with ``WorkdirLockedError`` before touching anything.
   """
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+  with lock if lock is not None else contextlib.nullcontext():
+    return _train(config, workdir, devices, lock)
+
+
+class PreemptedDuringStartup(Exception):
+  """A SIGTERM / Ctrl-C arrived before the first step: nothing to save."""
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, devices,
+           lock: WorkdirLock | None) -> TrainState | None:
+  preemption = Preemption()  # first: a signal during start-up must not kill the run
+  try:
+    return _train_loop(config, workdir, devices, lock, preemption)
+  except PreemptedDuringStartup:
+    logging.warning("preempted during start-up: nothing new to save, exiting")
+    return None
+  finally:
+    preemption.restore_handler()
+
+
+def _check_not_preempted(preemption: Preemption) -> None:
+  if jax.process_count() == 1 and preemption.requested:
+    raise PreemptedDuringStartup()
+
+
+def _resume_position(meta: dict[str, Any], start_step: int, training) -> int:
+  """The data position to resume at; refuses another batch size unless allowed."""
+  position = int(meta.get("data_position", start_step))
+  saved = meta.get("batch_size")
+  batch_size = int(training.batch_size)
+  if saved is None or int(saved) == batch_size:
+    return position
+  if not bool(training.allow_batch_size_change):
+    raise ValueError(
+        f"this workdir was trained with training.batch_size={saved} (data position "
+        f"{position} batches) and this run has {batch_size}: resume with the same batch "
+        "size, or pass --config.training.allow_batch_size_change=True to continue at the "
+        "same number of examples seen")
+  converted = position * int(saved) // batch_size
+  logging.warning("training.batch_size changed %s -> %d: data position %d -> %d batches "
+                  "(same examples seen)", saved, batch_size, position, converted)
+  return converted
+
+
+def _train_loop(config: ml_collections.ConfigDict, workdir: str, devices,
+                lock: WorkdirLock | None, preemption: Preemption) -> TrainState:
+  console.quiet_libraries()
   exp = Experiment(config, workdir, devices)
   training = config.training
   exp.check_batch_size(int(training.batch_size), "training.batch_size")
   parallel.log_process_layout(exp.mesh)
-  logging.info("method %s: %s trainable parameters", config.method, f"{exp.num_params:,}")
 
   is_main = jax.process_index() == 0
   # Synchronous writes: clu's background writer thread can call tf.summary while the main
   # thread is still lazily importing TensorFlow (tf 2.21: "'LazyModule' object is not
-  # callable", the scalar is lost). Writes happen only every log_every steps.
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main, asynchronous=False)
+  # callable", the scalar is lost). TensorBoard only: the console gets its own lines.
+  writer = (metric_writers.SummaryWriter(workdir) if is_main
+            else metric_writers.MultiWriter([]))
   if is_main:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams(_flatten(config.to_dict()))
+    console.write_config_json(config, workdir)
+  _check_not_preempted(preemption)
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
-  state, meta = exp.init_or_restore(checkpointer)
-  start_step = int(jax.device_get(state.step))
-  data_position = int(meta.get("data_position", start_step))
-  writer.write_scalars(start_step, {"num_params": exp.num_params})
+  try:
+    state, meta = exp.init_or_restore(checkpointer)
+    start_step = int(jax.device_get(state.step))
+    data_position = _resume_position(meta, start_step, training)
+    if is_main:
+      info = exp.data_info
+      for line in console.banner(
+          "train", config, num_params=exp.num_params, mesh=exp.mesh, workdir=workdir,
+          resumed_from=start_step if meta else None,
+          data_description=(f"{config.data.name} {tuple(info.shape)}, global batch "
+                            f"{int(training.batch_size)}")):
+        logging.info("%s", line)
+    writer.write_scalars(start_step, {"num_params": exp.num_params})
+    _check_not_preempted(preemption)
+    return _run_steps(exp, state, start_step, data_position, checkpointer, writer,
+                      preemption, lock)
+  finally:
+    checkpointer.close()
+    writer.flush()
 
+
+def _run_steps(exp: Experiment, state: TrainState, start_step: int, data_position: int,
+               checkpointer: checkpoint.Checkpointer, writer, preemption: Preemption,
+               lock: WorkdirLock | None) -> TrainState:
+  config, workdir = exp.config, exp.workdir
+  training = config.training
+  total = int(training.num_train_steps)
   train_iter = data.make_train_iterator(
       config.data, global_batch_size=int(training.batch_size), seed=config.seed,
       start_position=data_position, process_index=jax.process_index(),
       process_count=jax.process_count())
-  preemption = Preemption()
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=int(training.num_train_steps), writer=writer, every_steps=int(training.log_every))
   check_every = max(1, min(int(training.log_every), int(training.max_consecutive_skips)))
   buffer: list[dict[str, jax.Array]] = []
   log_buffer: collections.deque = collections.deque()
 
   def save(step: int) -> None:
+    if lock is not None:
+      lock.renew()
     checkpointer.save(step, state, {
-        "data_position": step, "fingerprint": exp.fingerprint,
-        "config": config.to_json_best_effort()})
+        "data_position": step - start_step + data_position, "fingerprint": exp.fingerprint,
+        "batch_size": int(training.batch_size), "config": config.to_json_best_effort()})
 
   step = start_step
-  try:
-    while step < int(training.num_train_steps):
-      batch = parallel.global_batch(next(train_iter), exp.mesh)
-      state, metrics = exp.train_step(state, batch)
-      step += 1
-      buffer.append(metrics)
-      progress(step)
+  if step >= total:
+    return state
+  # Compile ahead of time: the compile time is logged, and the program's jaxpr gives the
+  # model FLOPs per step for TFLOP/s and MFU (lsgm_jax.flops).
+  batch = parallel.global_batch(next(train_iter), exp.mesh)
+  t0 = time.perf_counter()
+  traced = exp.train_step.trace(state, batch)
+  flops_per_step = flops.count_jaxpr_flops(traced.jaxpr.jaxpr) or None
+  train_step = traced.lower().compile()
+  device = jax.devices()[0]
+  kind = getattr(device, "device_kind", device.platform)
+  peak = flops.peak_tflops(kind, training.compute_dtype)
+  logging.info("compiled the train step in %.1f s (%s per step)", time.perf_counter() - t0,
+               console.human_flops(flops_per_step) if flops_per_step else "FLOPs unknown")
+  _check_not_preempted(preemption)
+  progress = console.Progress(step, total)
+  while True:
+    state, metrics = train_step(state, batch)
+    step += 1
+    buffer.append(metrics)
 
-      if step % check_every == 0 or step == int(training.num_train_steps):
-        host = _host_metrics(buffer)
-        buffer = []
-        log_buffer.extend(host)
-        last = host[-1]
-        limit = int(training.max_consecutive_skips)
-        for offset, m in enumerate(host):  # every step of the window, not only the last
-          if m["consecutive_skips"] >= limit:
-            raise SkipLimitError(
-                _skip_limit_message(step - len(host) + 1 + offset, m, config))
-        if step % int(training.log_every) == 0 or step == int(training.num_train_steps):
-          means = {f"train/{k}": float(np.mean([m[k] for m in log_buffer]))
-                   for k in log_buffer[0] if k not in ("num_skipped", "consecutive_skips")}
-          means["train/num_skipped"] = last["num_skipped"]
-          writer.write_scalars(step, means)
-          log_buffer.clear()
+    if step % check_every == 0 or step == total:
+      host = _host_metrics(buffer)
+      buffer = []
+      log_buffer.extend(host)
+      last = host[-1]
+      limit = int(training.max_consecutive_skips)
+      for offset, m in enumerate(host):  # every step of the window, not only the last
+        if m["consecutive_skips"] >= limit:
+          raise SkipLimitError(_skip_limit_message(step - len(host) + 1 + offset, m, config))
+      if step % int(training.log_every) == 0 or step == total:
+        means = {k: float(np.mean([m[k] for m in log_buffer]))
+                 for k in log_buffer[0] if k not in ("num_skipped", "consecutive_skips")}
+        means["num_skipped"] = last["num_skipped"]
+        line, rates = progress.line(step, means, flops_per_step=flops_per_step,
+                                    num_devices=jax.device_count(), peak_tflops=peak)
+        if jax.process_index() == 0:
+          logging.info("%s", line)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in {**means, **rates}.items()})
+        log_buffer.clear()
 
-      if int(training.eval_every) and step % int(training.eval_every) == 0:
-        metrics_eval = evaluate_state(exp, state)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics_eval.items()})
-      if int(training.sample_every) and step % int(training.sample_every) == 0:
-        write_samples(exp, state, os.path.join(workdir, "samples", f"step_{step}"))
+    if int(training.eval_every) and step % int(training.eval_every) == 0:
+      metrics_eval = evaluate_state(exp, state)
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics_eval.items()})
+    if int(training.sample_every) and step % int(training.sample_every) == 0:
+      write_samples(exp, state, os.path.join(workdir, "samples", f"step_{step}"))
 
-      if preemption.reached(step):
-        logging.warning("preempted: saving step %d and exiting", step)
-        save(step)
-        checkpointer.close()
-        writer.flush()
-        return state
-      if checkpointer.should_save(step):
-        save(step)
-    if checkpointer.latest_step() != step:
+    if preemption.reached(step):
+      logging.warning("preempted: saving step %d and exiting", step)
       save(step)
-  finally:
-    preemption.restore_handler()
-    checkpointer.close()
-    writer.flush()
+      return state
+    if checkpointer.should_save(step):
+      save(step)
+    if step >= total:
+      break
+    batch = parallel.global_batch(next(train_iter), exp.mesh)
+  if checkpointer.latest_step() != step:
+    save(step)
   return state
 
 
@@ -212,21 +309,26 @@ def sample_distances(exp: Experiment, state: TrainState, num: int = 2000
   }
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None
-             ) -> dict[str, float]:
+def evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None,
+             output_dir: str | None = None) -> dict[str, float]:
   """``--mode=eval``: metrics of the latest checkpoint, to JSON and TensorBoard."""
+  console.quiet_libraries()
   exp = Experiment(config, workdir, devices)
   state, step, _ = exp.restore_for_inference()
+  _inference_banner(exp, "eval", step)
   results = evaluate_state(exp, state)
   if jax.process_index() == 0:
-    path = os.path.join(workdir, f"eval_step_{step}.json")
+    out = output_dir or workdir
+    os.makedirs(out, exist_ok=True) if "://" not in out else None
+    path = os.path.join(out, f"eval_step_{step}.json")
     with open(path, "w") as f:
       json.dump({"step": step, **results}, f, indent=2)
-    writer = metric_writers.create_default_writer(
-        os.path.join(workdir, "eval"), asynchronous=False)
+    writer = metric_writers.SummaryWriter(os.path.join(out, "eval"))
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
-    logging.info("eval at step %d: %s (written to %s)", step, results, path)
+    shown = ", ".join(f"{k} {v:.5g}" for k, v in sorted(results.items()))
+    logging.info("eval at step %d: %s", step, shown)
+    logging.info("written to %s", path)
   return results
 
 
@@ -267,19 +369,36 @@ def write_samples(exp: Experiment, state: TrainState, out_dir: str,
   return info
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str, devices=None
-           ) -> dict[str, float]:
+def sample(config: ml_collections.ConfigDict, workdir: str, devices=None,
+           output_dir: str | None = None) -> dict[str, float]:
   """``--mode=sample``: EMA samples of the latest checkpoint as .npz and PNG."""
+  console.quiet_libraries()
   exp = Experiment(config, workdir, devices)
   state, step, _ = exp.restore_for_inference()
-  out_dir = os.path.join(workdir, "samples", f"step_{step}")
+  _inference_banner(exp, "sample", step)
+  out_dir = os.path.join(output_dir or workdir, "samples", f"step_{step}")
   info = exp.method.sample_task(state, out_dir)  # e.g. latent VAE manipulations
   if info is not None:
-    logging.info("wrote the sample task's output to %s (%s)", out_dir, info)
+    logging.info("wrote the sample task's output to %s (%s)", out_dir, _describe(info))
     return info
   info = write_samples(exp, state, out_dir)
-  logging.info("wrote %d samples to %s (%s)", config.sampling.num_samples, out_dir, info)
+  logging.info("wrote %d samples to %s (%s)", config.sampling.num_samples, out_dir,
+               _describe(info))
   return info
+
+
+def _describe(info: dict[str, Any]) -> str:
+  return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                   for k, v in info.items())
+
+
+def _inference_banner(exp: Experiment, mode: str, step: int) -> None:
+  if jax.process_index() != 0:
+    return
+  for line in console.banner(mode, exp.config, num_params=exp.num_params, mesh=exp.mesh,
+                             workdir=exp.workdir, resumed_from=step,
+                             data_description=exp.config.data.name)[:4]:
+    logging.info("%s", line.replace("resumed from step", "checkpoint step"))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -20,7 +20,8 @@ def test_train_sample_eval_from_the_command_line(tmp_path):
   workdir = str(tmp_path / "run")
   proc = run_main("configs/sgm_toy.py:smoke", workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "trainable parameters" in proc.stderr
+  assert "lsgm_jax train: method sgm, 54,274 parameters" in proc.stderr
+  assert "step 20/20 | loss " in proc.stderr and "ETA 0:00:00" in proc.stderr
   proc = run_main("configs/sgm_toy.py:smoke", workdir, "--mode=sample",
                   "--config.sampling.num_samples=300")
   assert proc.returncode == 0, proc.stderr[-3000:]
