@@ -32,6 +32,44 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint on disk was written by a different model."""
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, read-only, I/O error)."""
+
+
+_STORAGE_CODES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "DATA_LOSS", "UNAVAILABLE",
+                  "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL")
+
+
+def _write_error(error: BaseException, directory: str) -> CheckpointWriteError:
+  """One clear line for a failed (possibly asynchronous) write."""
+  text = " ".join(str(error).split())
+  code = next((c for c in _STORAGE_CODES if text.startswith(c)), "")
+  what = {"RESOURCE_EXHAUSTED": "disk full", "PERMISSION_DENIED": "permission denied"}.get(
+      code, "write failed")
+  return CheckpointWriteError(
+      f"could not write a checkpoint to {directory}: {what} ({text[:160]}); the older "
+      "checkpoints are intact: free the storage and run the same command to resume")
+
+
+class _WriteErrors:
+  """Turns storage errors of a save (raised now or by an earlier asynchronous save) into
+  ``CheckpointWriteError``; other errors pass unchanged."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, tb):
+    if error is None or isinstance(error, CheckpointWriteError):
+      return False
+    text = str(error)
+    if isinstance(error, OSError) or any(text.startswith(c) for c in _STORAGE_CODES):
+      raise _write_error(error, self.directory) from error
+    return False
+
+
 class NoReadableCheckpointError(FileNotFoundError):
   """Every checkpoint in the directory is damaged."""
 
@@ -68,10 +106,11 @@ class Checkpointer:
 
     Never ``force=True``: a step that already exists is not replaced (Orbax skips it).
     """
-    saved = self.manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    with _WriteErrors(self.directory):
+      saved = self.manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     if not saved:
       logging.warning("checkpoint step %d not written: %s already holds step %s", step,
                       self.directory, self.manager.latest_step())
@@ -162,11 +201,15 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
-    self.manager.wait_until_finished()
+    with _WriteErrors(self.directory):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      with _WriteErrors(self.directory):
+        self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
 
 
 def _one_line(error: BaseException) -> str:

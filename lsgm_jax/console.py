@@ -25,10 +25,12 @@ class _LibraryFilter(std_logging.Filter):
   """Passes this project's records, and other modules' records at ERROR or above."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    if record.levelno >= std_logging.ERROR or logging.get_verbosity() >= 1:
-      return True
     path = record.pathname or ""
-    return any(part in path for part in _OWN)
+    if logging.get_verbosity() >= 1 or any(part in path for part in _OWN):
+      return True
+    # Orbax logs its background threads' failures as ERROR tracebacks and then raises
+    # the same error in the main thread, where it becomes one line: drop its copies.
+    return record.levelno >= std_logging.ERROR and "orbax" not in path
 
 
 _FILTER = _LibraryFilter()

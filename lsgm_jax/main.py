@@ -126,6 +126,15 @@ def _one_line(error: BaseException) -> str:
   return text or type(error).__name__
 
 
+def _ignore_closed_event_loop(kind, value, tb):
+  """After a failed asynchronous checkpoint write, tensorstore's callbacks still reach
+  Orbax's closed asyncio loop and print one "Event loop is closed" traceback each
+  (through ``sys.excepthook``); the failure itself is reported once, as one line."""
+  if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+    return
+  sys.__excepthook__(kind, value, tb)
+
+
 def check_workdir(workdir: str, mode: Mode) -> None:
   """One line for a workdir that cannot hold a run: a file, or under a file."""
   if "://" in workdir:
@@ -148,6 +157,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from lsgm_jax import console
   console.quiet_libraries()
+  sys.excepthook = _ignore_closed_event_loop
   hide_accelerators_from_tensorflow()
   import tensorflow as tf
   from lsgm_jax import checkpoint, parallel, train

@@ -19,6 +19,16 @@ def load_config(name: str, variant: str = ""):
   return module.get_config(variant) if variant else module.get_config()
 
 
+def smoke_config(**overrides):
+  """``configs/sgm_toy.py:smoke`` with synchronous saves and ``section.field`` overrides."""
+  config = load_config("sgm_toy", "smoke")
+  config.checkpoint.async_save = False
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    setattr(config[section], field, value)
+  return config
+
+
 def subprocess_env(num_devices: int = 1) -> dict[str, str]:
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"

@@ -15,16 +15,7 @@ import pytest
 
 from lsgm_jax import checkpoint, train
 from lsgm_jax.workdir_lock import WorkdirLock, WorkdirLockedError
-from tests.helpers import load_config
-
-
-def smoke_config(**overrides):
-  config = load_config("sgm_toy", "smoke")
-  config.checkpoint.async_save = False
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    setattr(config[section], field, value)
-  return config
+from tests.helpers import smoke_config
 
 
 
@@ -253,3 +244,25 @@ def test_sample_and_eval_write_to_output_dir_not_the_workdir(trained_workdir, tm
   after = sorted(os.path.relpath(os.path.join(d, f), source)
                  for d, _, fs in os.walk(source) for f in fs)
   assert after == before
+
+
+def test_disk_full_during_an_async_save_is_one_storage_error(tmp_path):
+  import subprocess
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a small tmpfs here (needs root)")
+  try:
+    config = smoke_config(**{"checkpoint.async_save": True})
+    exp = train.Experiment(config, str(mount), devices=one_device())
+    state = exp.init_fn(exp.rng)
+    ck = checkpoint.Checkpointer(str(mount), config.checkpoint)
+    with pytest.raises(checkpoint.CheckpointWriteError) as info:
+      for step in range(1, 50):  # the failure surfaces at a later save or at close
+        ck.save(step, state, {"data_position": step, "fingerprint": exp.fingerprint})
+      ck.close()
+    assert isinstance(info.value, OSError)  # main: exit code 3 (storage)
+    assert "disk full" in str(info.value) and "\n" not in str(info.value)
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -14,16 +14,7 @@ import pytest
 
 from lsgm_jax import checkpoint, data, parallel, train
 from lsgm_jax.train_state import TrainState
-from tests.helpers import REPO, load_config, main_command, subprocess_env
-
-
-def smoke_config(**overrides):
-  config = load_config("sgm_toy", "smoke")
-  config.checkpoint.async_save = False
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    setattr(config[section], field, value)
-  return config
+from tests.helpers import REPO, load_config, main_command, smoke_config, subprocess_env
 
 
 def leaves(tree):
