@@ -9,7 +9,7 @@
 #   - SSCS sampling at NFE 150 (batch 128) in float32 and bfloat16: images/s.
 # The four parts compile in parallel processes (host work), then time one after another
 # under a file lock (benchmarks/gpu_suite.py). Environment overrides, for a quick check
-# on a CPU: CONFIG, BATCH, SAMPLE_BATCH, NFE, CALLS, SAMPLE_CALLS, REPEATS,
+# on a CPU: CONFIG, BATCH, SAMPLE_BATCH, NFE, CALLS, SAMPLE_CALLS, REPEATS, SEQUENTIAL,
 # PARTS (e.g. "train:float32").
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export PYTHONUNBUFFERED=1
 
 count=$(wc -w <<<"$PARTS")
+[ "${SEQUENTIAL:-0}" = 1 ] && count=1
 start=$(date +%s)
 pids=()
 for spec in $PARTS; do
@@ -40,8 +41,10 @@ for spec in $PARTS; do
     --barrier="$WORK/compiled" --barrier_count="$count" \
     >"$WORK/${part}_${dtype}.log" 2>&1 &
   pids+=($!)
+  # SEQUENTIAL=1: one part at a time (no concurrent GPU autotuning; slower overall).
+  if [ "${SEQUENTIAL:-0}" = 1 ]; then wait "$!"; fi
 done
-for pid in "${pids[@]}"; do wait "$pid"; done
+for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
 elapsed=$(( $(date +%s) - start ))
 
 "$PYTHON" - "$WORK/results.jsonl" "$OUT_JSON" "$elapsed" <<'EOF'
