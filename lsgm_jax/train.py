@@ -24,7 +24,7 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from lsgm_jax import checkpoint, data, methods, parallel
-from lsgm_jax.evaluation import distances, sample_images
+from lsgm_jax.evaluation import distances, sample_images, sample_quality
 from lsgm_jax.train_state import TrainState
 
 
@@ -216,6 +216,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Trai
       if int(training.eval_every) and step % int(training.eval_every) == 0:
         metrics_eval = evaluate_state(exp, state)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics_eval.items()})
+      if int(config.eval.fid_every) and step % int(config.eval.fid_every) == 0:
+        quality = sample_quality.evaluate(exp, state, workdir, step, resumable=False,
+                                          num_samples=int(config.eval.fid_train_num_samples))
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in quality.items()})
       if int(training.sample_every) and step % int(training.sample_every) == 0:
         write_samples(exp, state, os.path.join(workdir, "samples", f"step_{step}"))
 
@@ -283,6 +287,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None
   exp = Experiment(config, workdir, devices)
   state, step, _ = exp.restore_for_inference()
   results = evaluate_state(exp, state)
+  if config.eval.fid:  # labelled keys: fid50k, inception_score50k, kid50k, ...
+    results.update(sample_quality.evaluate(exp, state, workdir, step))
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"eval_step_{step}.json")
     with open(path, "w") as f:

@@ -50,6 +50,20 @@ def test_matrix_root_methods_agree_on_full_rank_covariances():
     fid.frechet_distance(*args, method="cholesky")
 
 
+def test_fid_from_few_features_equals_the_full_eigendecomposition():
+  rng = np.random.default_rng(7)
+  ref = stats.FeatureStats.from_features(rng.normal(size=(300, 48)) @ rng.normal(size=(48, 48)))
+  few = rng.normal(0.2, 1.5, size=(20, 48))  # rank-19 covariance: the N x N route
+  full = fid.frechet_distance(*stats.FeatureStats.from_features(few).mu_sigma(),
+                              *ref.mu_sigma(), method="eigh")
+  # 1e-7: the D x D route takes square roots of round-off eigenvalues (~1e-14) of the
+  # rank-deficient S1, each adding ~1e-7; the N x N route has none.
+  assert fid.fid_from_features(few, *ref.mu_sigma()) == pytest.approx(full, rel=1e-7)
+  many = rng.normal(size=(100, 48))  # full rank: the D x D route
+  assert fid.fid_from_features(many, *ref.mu_sigma(), method="sqrtm") == pytest.approx(
+      fid.fid_from_features(many, *ref.mu_sigma()), rel=1e-9)
+
+
 def test_merged_shard_statistics_equal_np_cov_of_the_concatenation():
   rng = np.random.default_rng(2)
   shards = [rng.normal(0.5, 2.0, size=(n, 16)) for n in (7, 130, 1, 64)]

@@ -95,6 +95,23 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats, method: str = "eigh") -> fl
 
 def fid_from_features(features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
                       method: str = "eigh") -> float:
-  """FID of [N, D] features against reference statistics."""
-  return frechet_distance(*FeatureStats.from_features(features).mu_sigma(), ref_mu,
-                          ref_sigma, method=method)
+  """FID of [N, D] features against reference statistics.
+
+  With ``eigh`` and fewer samples than dimensions (in-training ``fid2k`` on 2048-d
+  pool3), the sample covariance is S1 = A A^T with A = (X - mean)^T / sqrt(N - 1), and
+  S1^{1/2} S2 S1^{1/2} has the nonzero eigenvalues of A^T S2 A: an N x N problem instead
+  of two D x D eigendecompositions, the same value.
+  """
+  x = np.asarray(features, np.float64)
+  n, d = x.shape
+  if method != "eigh" or n - 1 >= d:
+    return frechet_distance(*FeatureStats.from_features(x).mu_sigma(), ref_mu, ref_sigma,
+                            method=method)
+  mu = x.mean(axis=0)
+  a = (x - mu).T / np.sqrt(n - 1)
+  s2 = np.asarray(ref_sigma, np.float64)
+  m = a.T @ s2 @ a
+  w = np.linalg.eigvalsh((m + m.T) / 2.0)
+  diff = mu - np.asarray(ref_mu, np.float64)
+  return float(diff @ diff + np.sum(a * a) + np.trace(s2)
+               - 2.0 * np.sum(np.sqrt(np.clip(w, 0.0, None))))

@@ -245,14 +245,15 @@ def normalize(images: jax.Array, mode: str) -> jax.Array:
 
 
 def preprocess(images: jax.Array, resize_mode: str = "torch",
-               normalize_mode: str = "torch") -> jax.Array:
-  """uint8 (or float in [0, 255]) NHWC with 1 or 3 channels -> normalised 299x299x3."""
+               normalize_mode: str = "torch", size: int = INPUT_SIZE) -> jax.Array:
+  """uint8 (or float in [0, 255]) NHWC with 1 or 3 channels -> normalised 299x299x3
+  (``size`` other than 299 only for smoke tests: published FIDs are all at 299)."""
   x = images.astype(jnp.float32)
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
   if x.shape[-1] != 3:
     raise ValueError(f"images must have 1 or 3 channels, got shape {images.shape}")
-  return normalize(resize(x, INPUT_SIZE, resize_mode), normalize_mode)
+  return normalize(resize(x, size, resize_mode), normalize_mode)
 
 
 QUANTIZE_MODES = ("round", "floor", "none")
@@ -304,12 +305,15 @@ class FeatureExtractor:
 
   def __init__(self, variables, *, resize: str = "torch", normalize: str = "torch",
                batch_size: int = 200, devices: Sequence[jax.Device] | None = None,
-               sha256: str = ""):
+               sha256: str = "", input_size: int = INPUT_SIZE):
     if resize not in RESIZE_MODES:
       raise ValueError(f"resize={resize!r} is not one of {RESIZE_MODES}")
     if normalize not in NORMALIZE_MODES:
       raise ValueError(f"normalize={normalize!r} is not one of {NORMALIZE_MODES}")
+    if input_size < 75:
+      raise ValueError(f"Inception input size {input_size} < 75 (the network's minimum)")
     self.resize_mode, self.normalize_mode, self.sha256 = resize, normalize, sha256
+    self.input_size = int(input_size)
     devices = list(jax.local_devices() if devices is None else devices)
     self.mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)
@@ -319,14 +323,14 @@ class FeatureExtractor:
     # Two programs: the resize (one per input size, cheap to compile) and the network
     # (compiled once, always on 299x299).
     self._preprocess = jax.jit(functools.partial(
-        preprocess, resize_mode=resize, normalize_mode=normalize),
+        preprocess, resize_mode=resize, normalize_mode=normalize, size=self.input_size),
         out_shardings=self._sharding)
     self._network = jax.jit(InceptionV3().apply, out_shardings=self._sharding)
 
   def metadata(self) -> dict[str, str]:
     """What identifies these features (stored with every statistic)."""
     return {"inception_sha256": self.sha256, "resize": self.resize_mode,
-            "normalize": self.normalize_mode}
+            "normalize": self.normalize_mode, "inception_size": self.input_size}
 
   def device_batch(self, images: jax.Array) -> dict[str, jax.Array]:
     """Features of one on-device batch whose size is a multiple of the device count."""
@@ -356,16 +360,17 @@ class FeatureExtractor:
 
 @functools.lru_cache(maxsize=4)
 def _cached_extractor(weights_path: str, resize: str, normalize: str, batch_size: int,
-                      devices: tuple | None) -> FeatureExtractor:
+                      devices: tuple | None, input_size: int) -> FeatureExtractor:
   from lsgm_jax.evaluation import inception_weights
   variables, sha = inception_weights.load(weights_path)
   return FeatureExtractor(variables, resize=resize, normalize=normalize,
-                          batch_size=batch_size, devices=devices, sha256=sha)
+                          batch_size=batch_size, devices=devices, sha256=sha,
+                          input_size=input_size)
 
 
 def feature_extractor(weights_path: str, resize: str = "torch", normalize: str = "torch",
-                      batch_size: int = 200, devices: Sequence[jax.Device] | None = None
-                      ) -> FeatureExtractor:
+                      batch_size: int = 200, devices: Sequence[jax.Device] | None = None,
+                      input_size: int = INPUT_SIZE) -> FeatureExtractor:
   """The public entry point: an extractor with the Inception weights at ``weights_path``
   (pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``, or ``.npz`` /
   ``.safetensors`` with torchvision names; nothing is downloaded).
@@ -380,4 +385,4 @@ def feature_extractor(weights_path: str, resize: str = "torch", normalize: str =
                      "of pt_inception-2015-12-05-6726825d.pth (pytorch-fid's release) or "
                      "an .npz / .safetensors with torchvision names")
   return _cached_extractor(str(weights_path), resize, normalize, int(batch_size),
-                           None if devices is None else tuple(devices))
+                           None if devices is None else tuple(devices), int(input_size))

@@ -121,13 +121,25 @@ class StatsMismatchError(ValueError):
   """A cached reference statistic was computed differently from what is requested."""
 
 
-def save_stats(path: str, stats: FeatureStats, metadata: dict | None = None) -> None:
+def save_stats(path: str, stats: FeatureStats, metadata: dict | None = None,
+               features: np.ndarray | None = None) -> None:
   """Writes ``{mu, sigma}`` (pytorch-fid's keys, readable by its tools) plus ``n``, the
-  float64 sums and a JSON ``metadata`` string."""
+  float64 sums, a JSON ``metadata`` string and, if given, the raw features as
+  ``pool_3`` (score_sde's key: KID and precision/recall need them)."""
   mu, sigma = stats.mu_sigma()
+  extra = {} if features is None else {"pool_3": np.asarray(features, np.float32)}
+  if "://" in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top (remote paths only)
+    import io  # pylint: disable=g-import-not-at-top
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=mu, sigma=sigma, **stats.to_arrays(), **extra,
+             metadata=np.array(json.dumps(metadata or {}, sort_keys=True)))
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(buffer.getvalue())
+    return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, mu=mu, sigma=sigma, **stats.to_arrays(),
+  np.savez(tmp, mu=mu, sigma=sigma, **stats.to_arrays(), **extra,
            metadata=np.array(json.dumps(metadata or {}, sort_keys=True)))
   os.replace(tmp, path)
 
@@ -150,6 +162,15 @@ def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
       return FeatureStats.from_features(pool).mu_sigma()
   raise ValueError(f"{path}: neither {{mu, sigma}} nor {{pool_3}} statistics "
                    f"(keys {sorted(keys)})")
+
+
+def load_features(path: str) -> np.ndarray | None:
+  """The raw ``pool_3`` features of a statistics file, or None if it holds only
+  ``{mu, sigma}``."""
+  with np.load(path, allow_pickle=False) as f:
+    if "pool_3" not in f.files:
+      return None
+    return np.asarray(f["pool_3"], np.float32).reshape(len(f["pool_3"]), -1)
 
 
 def load_metadata(path: str) -> dict:
