@@ -156,3 +156,54 @@ def test_fid_stats_mode_and_labelled_metrics(small_weights, tmp_path):
   chunks = os.listdir(os.path.join(workdir, "fid", "step_7"))
   assert len(chunks) == 1 and chunks[0].startswith("20_seed0_")
   json.dumps(results)  # plain floats
+
+
+_TWO_PROCESS_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, pid)
+from lsgm_jax.evaluation import sample_quality, stats
+x = np.random.default_rng(0).normal(size=(10, 6)) * 3 + 1
+local = stats.FeatureStats.from_features(x[:4] if pid == 0 else x[4:])  # unequal shares
+total = stats.merge_across_processes(local)
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+fn = jax.jit(lambda r, n: jnp.tanh(jax.random.normal(r, (n, 8, 8, 1))), static_argnums=1,
+             out_shardings=NamedSharding(mesh, P("data")))
+extract = lambda p: {"pool3": np.asarray(p, np.float32).reshape(len(p), -1)[:, :12] / 255.0}
+feats = sample_quality.generate_features(fn, num=7, global_batch=4, rng=jax.random.PRNGKey(3),
+                                         centered=True, quantize="round", extract=extract,
+                                         keys=("pool3",))
+np.savez(out, n=total.n, sum=total.sum, outer=total.sum_outer, pool3=feats["pool3"])
+"""
+
+
+def test_two_hosts_merge_statistics_exactly_and_gather_samples_in_order(tmp_path):
+  import socket
+  import subprocess
+  import sys
+  from tests.helpers import REPO, subprocess_env
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  outs = [str(tmp_path / f"p{i}.npz") for i in range(2)]
+  procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_SCRIPT, str(port), str(i),
+                             outs[i]], cwd=REPO, env=subprocess_env(1),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  logs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  x = np.random.default_rng(0).normal(size=(10, 6)) * 3 + 1
+  single = stats.FeatureStats.from_features(x)
+  expected = sample_quality.generate_features(
+      _sharded_sampler(jax.devices()[:1]), num=7, global_batch=4, rng=jax.random.PRNGKey(3),
+      centered=True, quantize="round", extract=_cheap_extract, keys=("pool3",))
+  for out in outs:  # every host ends with the same job-wide numbers
+    got = np.load(out)
+    assert int(got["n"]) == 10
+    np.testing.assert_allclose(got["sum"], single.sum, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got["outer"], single.sum_outer, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(got["pool3"], expected["pool3"])
