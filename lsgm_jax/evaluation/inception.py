@@ -282,18 +282,6 @@ def to_pixels(samples: np.ndarray | jax.Array, *, centered: bool, quantize: str 
 
 # --- the public extractor -----------------------------------------------------------------
 
-def make_apply_fn(variables, resize_mode: str = "torch", normalize_mode: str = "torch"
-                  ) -> Callable[[jax.Array], dict[str, jax.Array]]:
-  """``images -> {"pool3", "logits", "logits_unbiased"}`` (not jitted) with ``variables``
-  closed over; images are uint8 or float pixels, NHWC, any size."""
-  model = InceptionV3()
-
-  def apply(images: jax.Array) -> dict[str, jax.Array]:
-    return model.apply(variables, preprocess(images, resize_mode, normalize_mode))
-
-  return apply
-
-
 class FeatureExtractor:
   """``extract(images) -> {"pool3": [N, 2048], "logits": [N, 1008]}`` as NumPy float32.
 
@@ -345,6 +333,13 @@ class FeatureExtractor:
       images = images.astype(np.float32)
     n, bs = len(images), self.batch_size
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    pending: list = []  # batch i + 1 is dispatched before batch i is fetched (overlap)
+
+    def fetch(item):
+      real, feats = item
+      for k in keys:
+        out[k].append(np.asarray(feats[k])[:real])
+
     for start in range(0, n, bs):
       chunk = images[start:start + bs]
       real = len(chunk)
@@ -352,8 +347,11 @@ class FeatureExtractor:
         pad = np.zeros((bs - real,) + chunk.shape[1:], chunk.dtype)
         chunk = np.concatenate([chunk, pad])
       feats = self.device_batch(jax.device_put(chunk, self._sharding))
-      for k in keys:
-        out[k].append(np.asarray(feats[k])[:real])
+      pending.append((real, {k: feats[k] for k in keys}))
+      if len(pending) > 1:
+        fetch(pending.pop(0))
+    for item in pending:
+      fetch(item)
     return {k: (np.concatenate(v) if v else np.zeros((0,), np.float32))
             for k, v in out.items()}
 
