@@ -106,6 +106,16 @@ def test_reference_formats_and_metadata_refusal(tmp_path):
   with pytest.raises(stats.StatsMismatchError) as info:
     stats.check_metadata(path, dict(meta, resize="tf1"))
   assert "\n" not in str(info.value) and "resize: cached 'torch' vs requested 'tf1'" in str(info.value)
+  # EDM's .pkl references: arrays only; any other class is refused.
+  import pickle
+  with open(tmp_path / "edm.pkl", "wb") as f:
+    pickle.dump({"mu": mu, "sigma": sigma}, f)
+  mu4, sigma4 = fid.load_stats(str(tmp_path / "edm.pkl"))
+  np.testing.assert_array_equal(sigma4, sigma)
+  with open(tmp_path / "evil.pkl", "wb") as f:
+    pickle.dump({"mu": mu, "sigma": sigma, "x": stats.FeatureStats.zeros(1)}, f)
+  with pytest.raises(ValueError, match="refusing to unpickle"):
+    fid.load_stats(str(tmp_path / "evil.pkl"))
   np.savez(tmp_path / "other.npz", features=pool)
   with pytest.raises(ValueError, match="neither"):
     fid.load_stats(str(tmp_path / "other.npz"))

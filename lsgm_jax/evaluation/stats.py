@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 
 import jax
 import numpy as np
@@ -144,8 +145,22 @@ def save_stats(path: str, stats: FeatureStats, metadata: dict | None = None,
   os.replace(tmp, path)
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+  """Plain containers and NumPy arrays only (EDM's ``.pkl`` references); any other
+  class in the file is refused, so no code from it runs."""
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+              ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+  def find_class(self, module, name):
+    if (module, name) in self._ALLOWED:
+      return super().find_class(module, name)
+    raise ValueError(f"refusing to unpickle {module}.{name} from a statistics file")
+
+
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """``(mu, sigma)`` in float64 from a ``{mu, sigma}`` or a ``{pool_3}`` file.
+  """``(mu, sigma)`` in float64 from a ``{mu, sigma}`` or a ``{pool_3}`` ``.npz``, or an
+  EDM-style ``.pkl`` holding ``{"mu", "sigma"}``.
 
   Raises:
     FileNotFoundError: no file at ``path``.
@@ -153,6 +168,12 @@ def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"reference statistics not found: {path}")
+  if path.endswith(".pkl"):
+    with open(path, "rb") as f:
+      obj = _ArrayUnpickler(f).load()
+    if not (isinstance(obj, dict) and {"mu", "sigma"} <= set(obj)):
+      raise ValueError(f"{path}: not a {{mu, sigma}} pickle")
+    return np.asarray(obj["mu"], np.float64), np.asarray(obj["sigma"], np.float64)
   with np.load(path, allow_pickle=False) as f:
     keys = set(f.files)
     if {"mu", "sigma"} <= keys:
@@ -167,6 +188,8 @@ def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
 def load_features(path: str) -> np.ndarray | None:
   """The raw ``pool_3`` features of a statistics file, or None if it holds only
   ``{mu, sigma}``."""
+  if path.endswith(".pkl"):
+    return None
   with np.load(path, allow_pickle=False) as f:
     if "pool_3" not in f.files:
       return None
@@ -175,6 +198,8 @@ def load_features(path: str) -> np.ndarray | None:
 
 def load_metadata(path: str) -> dict:
   """The metadata ``save_stats`` stored (empty for files from other tools)."""
+  if path.endswith(".pkl"):
+    return {}
   with np.load(path, allow_pickle=False) as f:
     return json.loads(str(f["metadata"])) if "metadata" in f.files else {}
 
