@@ -145,6 +145,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   ev.fid_num_seeds = 1  # EDM reports the minimum over 3 seed ranges
   ev.fid_extra_metrics = True  # KID, precision/recall, density/coverage (need ref features)
   ev.fid_inception_size = 299  # network input side; anything else only for smoke tests
+  # samples | reconstructions (of fid_split, first fid_num_samples images: autoencoder
+  # rFID, keys recon_fid50k, ...)
+  ev.fid_source = "samples"
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 1000  # the "recent" set

@@ -157,6 +157,13 @@ def test_fid_stats_mode_and_labelled_metrics(small_weights, tmp_path):
   assert len(chunks) == 1 and chunks[0].startswith("20_seed0_")
   json.dumps(results)  # plain floats
 
+  # Reconstruction FID: perfect reconstructions of the reference split score 0.
+  config.eval.fid_source, config.eval.fid_num_samples = "reconstructions", 297
+  method.reconstruct = lambda state, x, rng: x
+  recon = sample_quality.evaluate(exp, None, workdir, step=7)
+  assert abs(recon["recon_fid297"]) < 1e-6
+  assert recon["recon_precision297"] == recon["recon_recall297"] == 1.0
+
 
 _TWO_PROCESS_SCRIPT = """
 import sys

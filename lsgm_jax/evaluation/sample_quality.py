@@ -12,11 +12,14 @@ them). An existing file with other metadata is refused, never silently reused.
 samples in chunks of the global ``sampling.batch_size`` (the sampler's output sharded
 over the mesh; each host extracts its rows' features, which are gathered in global
 order). The last chunk is generated whole and cut, so exactly N samples are scored.
-Each finished chunk's features are written under ``<workdir>/fid/``, keyed by the
-checkpoint step and a hash of everything that changes the samples, so a preempted run
-continues where it stopped. ``eval.fid_num_seeds = 3`` repeats with three independent
+Each finished chunk's features are written under ``<workdir>/fid/`` (by process 0; on
+several hosts the workdir must be shared, e.g. GCS), keyed by the checkpoint step and a
+hash of everything that changes the features (config, Inception weights' sha256), so a
+preempted run continues where it stopped. ``eval.fid_num_seeds = 3`` repeats with three independent
 seed ranges and reports the minimum FID (EDM's protocol). Keys carry the sample count:
-``fid50k``, ``inception_score50k``, ``kid50k``, ``precision50k``, ...
+``fid50k``, ``inception_score50k``, ``kid50k``, ``precision50k``, ... With
+``eval.fid_source = "reconstructions"`` an autoencoder's reconstructions of the split's
+first N images are scored instead (``recon_fid50k``, ...: rFID).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class QualityConfig:
   num_seeds: int
   extra_metrics: bool
   input_size: int
+  source: str
 
 
 def quality_config(config: ml_collections.ConfigDict, workdir: str = "") -> QualityConfig:
@@ -63,7 +67,7 @@ def quality_config(config: ml_collections.ConfigDict, workdir: str = "") -> Qual
   ev = config.eval
   choices = {"fid_resize": inception.RESIZE_MODES, "fid_normalize": inception.NORMALIZE_MODES,
              "fid_quantize": inception.QUANTIZE_MODES, "fid_method": fid.METHODS,
-             "fid_split": ("train", "eval")}
+             "fid_split": ("train", "eval"), "fid_source": ("samples", "reconstructions")}
   for field, allowed in choices.items():
     if ev[field] not in allowed:
       raise FIDConfigError(f"config.eval.{field}={ev[field]!r} is not one of {allowed}")
@@ -86,7 +90,8 @@ def quality_config(config: ml_collections.ConfigDict, workdir: str = "") -> Qual
       split=str(ev.fid_split), resize=str(ev.fid_resize), normalize=str(ev.fid_normalize),
       quantize=str(ev.fid_quantize), method=str(ev.fid_method),
       batch_size=int(ev.fid_batch_size), num_seeds=int(ev.fid_num_seeds),
-      extra_metrics=bool(ev.fid_extra_metrics), input_size=int(ev.fid_inception_size))
+      extra_metrics=bool(ev.fid_extra_metrics), input_size=int(ev.fid_inception_size),
+      source=str(ev.fid_source))
 
 
 def default_stats_path(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -300,14 +305,46 @@ def score_features(feats: dict[str, np.ndarray], mu: np.ndarray, sigma: np.ndarr
   return out
 
 
-def _samples_key(config: ml_collections.ConfigDict, qc: QualityConfig, global_batch: int
-                 ) -> str:
+def _samples_key(config: ml_collections.ConfigDict, qc: QualityConfig, global_batch: int,
+                 extractor_meta: dict) -> str:
   """A hash of everything that changes the scored features (not eval's other fields)."""
   relevant = {k: v for k, v in config.to_dict().items()
               if k not in ("eval", "checkpoint", "training")}
-  relevant.update(qc=dataclasses.asdict(qc), batch=global_batch)
+  relevant.update(qc=dataclasses.asdict(qc), batch=global_batch, inception=extractor_meta)
   return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()
                         ).hexdigest()[:12]
+
+
+def reconstruction_features(exp, state, qc: QualityConfig,
+                            extract: Callable[[np.ndarray], dict[str, np.ndarray]],
+                            num: int) -> dict[str, np.ndarray]:
+  """Features of the reconstructions of the first ``num`` images of ``qc.split`` (every
+  host reconstructs its own rows of each global batch; gathered in global order)."""
+  from lsgm_jax import data, parallel  # pylint: disable=g-import-not-at-top
+  config = exp.config
+  global_batch = int(config.eval.batch_size)
+  exp.check_batch_size(global_batch, "eval.batch_size")
+  sharding = parallel.batch_sharding(exp.mesh)
+  recon_fn = jax.jit(exp.method.reconstruct, out_shardings=sharding)
+  iterator = data.make_eval_iterator(
+      config.data, global_batch_size=global_batch, process_index=jax.process_index(),
+      process_count=jax.process_count(), split=qc.split)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 4_000_037)
+  parts: dict[str, list[np.ndarray]] = {"pool3": [], "logits": []}
+  count = 0
+  for i, local in enumerate(iterator):
+    batch = parallel.global_batch({"x": local["x"]}, exp.mesh)
+    recon = local_rows(recon_fn(state, batch["x"], jax.random.fold_in(rng, i)))
+    feats = extract(inception.to_pixels(recon, centered=bool(config.data.centered),
+                                        quantize=qc.quantize))
+    real = (np.asarray(local["mask"]) > 0)[:, None].astype(np.float32)
+    for k in parts:
+      gathered = gather_rows(np.concatenate([feats[k], real], axis=1))
+      parts[k].append(gathered[gathered[:, -1] > 0, :-1])
+    count += len(parts["pool3"][-1])
+    if count >= num:
+      break
+  return {k: np.concatenate(v)[:num] for k, v in parts.items()}
 
 
 def evaluate(exp, state, workdir: str, step: int, num_samples: int | None = None,
@@ -319,13 +356,17 @@ def evaluate(exp, state, workdir: str, step: int, num_samples: int | None = None
   num = qc.num_samples if num_samples is None else int(num_samples)
   extractor = make_extractor(qc)
   mu, sigma, ref_features = load_reference(qc, extractor, config)
+  if qc.source == "reconstructions":
+    feats = reconstruction_features(exp, state, qc, extractor, num)
+    scores = score_features(feats, mu, sigma, ref_features, qc)
+    return {f"recon_{k}": v for k, v in scores.items()}
   global_batch = int(config.sampling.batch_size)
   exp.check_batch_size(global_batch, "sampling.batch_size")
   sharded = jax.jit(exp.method.sample, static_argnums=2,
                     out_shardings=(parallel.batch_sharding(exp.mesh),
                                    parallel.replicated(exp.mesh)))
   label = count_label(num)
-  key = _samples_key(config, qc, global_batch)
+  key = _samples_key(config, qc, global_batch, extractor.metadata())
   results: dict[str, float] = {}
   for seed_index in range(qc.num_seeds):
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 3_000_017 + seed_index)
