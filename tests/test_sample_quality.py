@@ -157,6 +157,14 @@ def test_fid_stats_mode_and_labelled_metrics(small_weights, tmp_path):
   assert len(chunks) == 1 and chunks[0].startswith("20_seed0_")
   json.dumps(results)  # plain floats
 
+  # EDM's protocol: the minimum over 3 seed ranges (range 0 resumes from its chunks).
+  config.eval.fid_num_seeds, config.eval.fid_extra_metrics = 3, False
+  seeds = sample_quality.evaluate(exp, None, workdir, step=7)
+  per_seed = [seeds[f"fid20_seed{i}"] for i in range(3)]
+  assert per_seed[0] == results["fid20"] and len(set(per_seed)) == 3
+  assert seeds["fid20"] == min(per_seed)
+  config.eval.fid_num_seeds, config.eval.fid_extra_metrics = 1, True
+
   # Reconstruction FID: perfect reconstructions of the reference split score 0.
   config.eval.fid_source, config.eval.fid_num_samples = "reconstructions", 297
   method.reconstruct = lambda state, x, rng: x

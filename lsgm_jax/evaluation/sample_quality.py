@@ -310,7 +310,7 @@ def _samples_key(config: ml_collections.ConfigDict, qc: QualityConfig, global_ba
   """A hash of everything that changes the scored features (not eval's other fields)."""
   relevant = {k: v for k, v in config.to_dict().items()
               if k not in ("eval", "checkpoint", "training")}
-  relevant.update(qc=dataclasses.asdict(qc), batch=global_batch, inception=extractor_meta)
+  relevant.update(quantize=qc.quantize, batch=global_batch, inception=extractor_meta)
   return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()
                         ).hexdigest()[:12]
 
