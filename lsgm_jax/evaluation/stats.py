@@ -17,6 +17,7 @@ CLD-SGM's ``cifar10_stats.npz``, converted with float64 ``np.cov``).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import pickle
@@ -131,7 +132,6 @@ def save_stats(path: str, stats: FeatureStats, metadata: dict | None = None,
   extra = {} if features is None else {"pool_3": np.asarray(features, np.float32)}
   if "://" in path:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top (remote paths only)
-    import io  # pylint: disable=g-import-not-at-top
     buffer = io.BytesIO()
     np.savez(buffer, mu=mu, sigma=sigma, **stats.to_arrays(), **extra,
              metadata=np.array(json.dumps(metadata or {}, sort_keys=True)))
@@ -143,6 +143,22 @@ def save_stats(path: str, stats: FeatureStats, metadata: dict | None = None,
   np.savez(tmp, mu=mu, sigma=sigma, **stats.to_arrays(), **extra,
            metadata=np.array(json.dumps(metadata or {}, sort_keys=True)))
   os.replace(tmp, path)
+
+
+def _exists(path: str) -> bool:
+  if "://" in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top (remote paths only)
+    return tf.io.gfile.exists(path)
+  return os.path.exists(path)
+
+
+def _open(path: str):
+  """A binary file object for local or remote (``gs://``) paths; np.load reads it."""
+  if "://" in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top (remote paths only)
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return io.BytesIO(f.read())
+  return open(path, "rb")
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -166,15 +182,15 @@ def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
     FileNotFoundError: no file at ``path``.
     ValueError: a file with neither layout.
   """
-  if not os.path.exists(path):
+  if not _exists(path):
     raise FileNotFoundError(f"reference statistics not found: {path}")
   if path.endswith(".pkl"):
-    with open(path, "rb") as f:
+    with _open(path) as f:
       obj = _ArrayUnpickler(f).load()
     if not (isinstance(obj, dict) and {"mu", "sigma"} <= set(obj)):
       raise ValueError(f"{path}: not a {{mu, sigma}} pickle")
     return np.asarray(obj["mu"], np.float64), np.asarray(obj["sigma"], np.float64)
-  with np.load(path, allow_pickle=False) as f:
+  with _open(path) as raw, np.load(raw, allow_pickle=False) as f:
     keys = set(f.files)
     if {"mu", "sigma"} <= keys:
       return np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
@@ -190,7 +206,7 @@ def load_features(path: str) -> np.ndarray | None:
   ``{mu, sigma}``."""
   if path.endswith(".pkl"):
     return None
-  with np.load(path, allow_pickle=False) as f:
+  with _open(path) as raw, np.load(raw, allow_pickle=False) as f:
     if "pool_3" not in f.files:
       return None
     return np.asarray(f["pool_3"], np.float32).reshape(len(f["pool_3"]), -1)
@@ -200,7 +216,7 @@ def load_metadata(path: str) -> dict:
   """The metadata ``save_stats`` stored (empty for files from other tools)."""
   if path.endswith(".pkl"):
     return {}
-  with np.load(path, allow_pickle=False) as f:
+  with _open(path) as raw, np.load(raw, allow_pickle=False) as f:
     return json.loads(str(f["metadata"])) if "metadata" in f.files else {}
 
 
