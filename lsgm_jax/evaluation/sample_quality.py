@@ -315,6 +315,14 @@ def _samples_key(config: ml_collections.ConfigDict, qc: QualityConfig, global_ba
                         ).hexdigest()[:12]
 
 
+def _cached_on(exp, name: str, build: Callable[[], Any]) -> Any:
+  """One jitted program per experiment, so in-training FID compiles once."""
+  cache = exp.__dict__.setdefault("_sample_quality_programs", {})
+  if name not in cache:
+    cache[name] = build()
+  return cache[name]
+
+
 def reconstruction_features(exp, state, qc: QualityConfig,
                             extract: Callable[[np.ndarray], dict[str, np.ndarray]],
                             num: int) -> dict[str, np.ndarray]:
@@ -325,7 +333,8 @@ def reconstruction_features(exp, state, qc: QualityConfig,
   global_batch = int(config.eval.batch_size)
   exp.check_batch_size(global_batch, "eval.batch_size")
   sharding = parallel.batch_sharding(exp.mesh)
-  recon_fn = jax.jit(exp.method.reconstruct, out_shardings=sharding)
+  recon_fn = _cached_on(exp, "reconstruct",
+                       lambda: jax.jit(exp.method.reconstruct, out_shardings=sharding))
   iterator = data.make_eval_iterator(
       config.data, global_batch_size=global_batch, process_index=jax.process_index(),
       process_count=jax.process_count(), split=qc.split)
@@ -362,9 +371,9 @@ def evaluate(exp, state, workdir: str, step: int, num_samples: int | None = None
     return {f"recon_{k}": v for k, v in scores.items()}
   global_batch = int(config.sampling.batch_size)
   exp.check_batch_size(global_batch, "sampling.batch_size")
-  sharded = jax.jit(exp.method.sample, static_argnums=2,
-                    out_shardings=(parallel.batch_sharding(exp.mesh),
-                                   parallel.replicated(exp.mesh)))
+  sharded = _cached_on(exp, "sample", lambda: jax.jit(
+      exp.method.sample, static_argnums=2,
+      out_shardings=(parallel.batch_sharding(exp.mesh), parallel.replicated(exp.mesh))))
   label = count_label(num)
   key = _samples_key(config, qc, global_batch, extractor.metadata())
   results: dict[str, float] = {}
