@@ -62,3 +62,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _require(sa.num_steps > 0, f"config.sampling.num_steps={sa.num_steps} must be > 0")
   _require(config.eval.batch_size > 0,
            f"config.eval.batch_size={config.eval.batch_size} must be > 0")
+  _require(config.eval.fid_every >= 0,
+           f"config.eval.fid_every={config.eval.fid_every} must be >= 0 (0 = off)")
+  if config.eval.fid or config.eval.fid_every:
+    from lsgm_jax.evaluation import sample_quality  # pylint: disable=g-import-not-at-top
+    try:
+      sample_quality.quality_config(config)
+    except sample_quality.FIDConfigError as e:
+      raise ConfigError(str(e)) from None

@@ -127,6 +127,30 @@ def get_default_config() -> ml_collections.ConfigDict:
   ev.ode_rtol = 1e-5
   ev.ode_atol = 1e-5
   ev.probe = "rademacher"  # rademacher | gaussian
+  # Sample quality (lsgm_jax.evaluation.sample_quality): FID, Inception Score, KID,
+  # precision/recall, density/coverage of generated samples vs a split's reference stats.
+  ev.fid = False  # --mode=eval computes them on fid_num_samples samples (keys fid50k, ...)
+  ev.fid_num_samples = 50_000
+  ev.fid_every = 0  # in-training FID every N steps on fid_train_num_samples; 0 = off
+  ev.fid_train_num_samples = 2000
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or .npz / .safetensors with
+  # torchvision names; never downloaded.
+  ev.inception_weights = ""
+  # Reference statistics ({mu, sigma} or {pool_3} .npz); "" = the --mode=fid_stats cache
+  # <workdir>/fid_stats/<dataset>_<split>_<resolution>.npz.
+  ev.fid_stats = ""
+  ev.fid_split = "train"  # split of config.data the reference statistics describe
+  ev.fid_resize = "torch"  # torch (pytorch-fid, EDM, LSGM) | tf1 (score_sde, CLD-SGM)
+  ev.fid_normalize = "torch"  # torch: x/255*2-1 | tf: (x-128)/128
+  ev.fid_quantize = "round"  # samples -> uint8: round (EDM) | floor (score_sde) | none (LSGM)
+  ev.fid_method = "eigh"  # matrix root: eigh | sqrtm (pytorch-fid) | svd (tfgan)
+  ev.fid_batch_size = 200  # Inception batch per process
+  ev.fid_num_seeds = 1  # EDM reports the minimum over 3 seed ranges
+  ev.fid_extra_metrics = True  # KID, precision/recall, density/coverage (need ref features)
+  ev.fid_inception_size = 299  # network input side; anything else only for smoke tests
+  # samples | reconstructions (of fid_split, first fid_num_samples images: autoencoder
+  # rFID, keys recon_fid50k, ...)
+  ev.fid_source = "samples"
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 1000  # the "recent" set

@@ -33,6 +33,7 @@ class Mode(enum.Enum):
   EVAL = "eval"
   SAMPLE = "sample"
   ENCODE = "encode"  # first stage: write <workdir>/latents (lsgm_jax.encode_latents)
+  FID_STATS = "fid_stats"  # reference statistics of config.eval.fid_split (evaluation)
 
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -118,6 +119,9 @@ def run(config, workdir: str, mode: Mode, output_dir: str = ""):
   if mode is Mode.ENCODE:
     from lsgm_jax import encode_latents
     return encode_latents.encode(config, workdir)
+  if mode is Mode.FID_STATS:
+    from lsgm_jax.evaluation import sample_quality
+    return sample_quality.compute_reference_stats(config, workdir)
   return train.sample(config, workdir, output_dir=output_dir or None)
 
 

@@ -25,7 +25,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from lsgm_jax import checkpoint, console, data, flops, parallel, signals
-from lsgm_jax.evaluation import distances, sample_images
+from lsgm_jax.evaluation import distances, sample_images, sample_quality
 from lsgm_jax.experiment import Experiment  # re-exported: train.Experiment
 from lsgm_jax.train_state import TrainState
 from lsgm_jax.workdir_lock import WorkdirLock
@@ -251,6 +251,10 @@ def _run_steps(exp: Experiment, state: TrainState, start_step: int, data_positio
     if int(training.eval_every) and step % int(training.eval_every) == 0:
       metrics_eval = evaluate_state(exp, state)
       writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics_eval.items()})
+    if int(config.eval.fid_every) and step % int(config.eval.fid_every) == 0:
+      quality = sample_quality.evaluate(exp, state, workdir, step, resumable=False,
+                                        num_samples=int(config.eval.fid_train_num_samples))
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in quality.items()})
     if int(training.sample_every) and step % int(training.sample_every) == 0:
       write_samples(exp, state, os.path.join(workdir, "samples", f"step_{step}"))
 
@@ -317,6 +321,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None,
   state, step, _ = exp.restore_for_inference()
   _inference_banner(exp, "eval", step)
   results = evaluate_state(exp, state)
+  if config.eval.fid:  # labelled keys: fid50k, inception_score50k, kid50k, ...
+    results.update(sample_quality.evaluate(exp, state, output_dir or workdir, step))
   if jax.process_index() == 0:
     out = output_dir or workdir
     os.makedirs(out, exist_ok=True) if "://" not in out else None

@@ -262,6 +262,11 @@ class Autoencoder(Method):
             "psnr": losses.psnr(x, recon, self.data_range),
             "kl": losses.gaussian_kl(mean, logvar)}
 
+  def reconstruct(self, state, x, rng):
+    """Decoded posterior means (as ``eval_terms``): what reconstruction FID scores."""
+    del rng
+    return self.model.apply({"params": state.ema_params["autoencoder"]}, x)[0]
+
   def generate(self, params, model_state, rng, num):
     """Decodes z ~ N(0, I) (info ``prior_decodes`` = 1): the KL term is tiny (1e-6), so
     these are NOT samples of the data distribution, only a look at the decoder. A

@@ -76,6 +76,13 @@ class Method(abc.ABC):
     del state, out_dir
     return None
 
+  def reconstruct(self, state: TrainState, x: jax.Array, rng: jax.Array) -> jax.Array:
+    """Reconstructions of data ``x`` (EMA params) for reconstruction FID; only families
+    with an encoder have them."""
+    del state, x, rng
+    raise ValueError(f"config.method={self.config.method!r} has no reconstructions: "
+                     "config.eval.fid_source='reconstructions' needs an autoencoder")
+
   def make_optimizer(self) -> optax.GradientTransformation:
     return optim.make_optimizer(self.config.optim, self.config.training.num_train_steps)
 

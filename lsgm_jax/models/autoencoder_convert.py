@@ -11,7 +11,8 @@ Neither format needs torch here: a torch zip checkpoint is ``<name>/data.pkl`` (
 pickle) plus one raw little-endian file ``<name>/data/<key>`` per storage. The pickle is
 read by a restricted unpickler that knows only tensor rebuilding, storages and plain
 containers; every other class becomes an inert placeholder, so no code from the file
-runs. Legacy (pre-1.6, non-zip) torch files are not supported.
+runs. Legacy (pre-1.6, non-zip) torch files are read too (``read_torch_legacy``: the
+format of older published weights such as pytorch-fid's Inception file).
 
 Mapping: ``a.down.1.block.0.norm1.weight`` -> ``a/down_1/block_0/norm1/scale``
 (``name.N`` pairs join as ``name_N``); conv weights OIHW -> HWIO ``kernel``; GroupNorm
@@ -65,9 +66,29 @@ class _Opaque:
     del state
 
 
+class _LazyStorage:
+  """A legacy-format storage: its bytes follow the pickle, so they are read later."""
+
+  def __init__(self, key: str, dtype, numel: int):
+    self.key, self.dtype, self.numel = key, np.dtype(dtype), numel
+    self.data: np.ndarray | None = None
+
+
+class _PendingTensor:
+  """A tensor over a ``_LazyStorage``, built once the storage's bytes are read."""
+
+  def __init__(self, storage: _LazyStorage, offset, size, stride):
+    self.storage, self.args = storage, (offset, size, stride)
+
+  def resolve(self) -> np.ndarray:
+    return _rebuild_tensor(self.storage.data, *self.args)
+
+
 def _rebuild_tensor(storage, offset, size, stride, *unused):
   """``torch._utils._rebuild_tensor_v2``: a strided view of a flat storage, copied."""
   del unused
+  if isinstance(storage, _LazyStorage):
+    return _PendingTensor(storage, offset, size, stride)
   if not size:
     return np.array(storage[offset])
   itemsize = storage.dtype.itemsize
@@ -89,7 +110,7 @@ class _TorchUnpickler(pickle.Unpickler):
     self._read_storage = read_storage
 
   def find_class(self, module, name):
-    if module == "torch._utils" and name == "_rebuild_tensor_v2":
+    if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
       return _rebuild_tensor
     if module == "torch._utils" and name == "_rebuild_parameter":
       return _rebuild_parameter
@@ -102,13 +123,18 @@ class _TorchUnpickler(pickle.Unpickler):
     return _Opaque
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+    # zip: ("storage", type, key, location, numel); legacy: the same plus view metadata.
+    kind = pid[0].decode() if pid and isinstance(pid[0], bytes) else (pid[0] if pid else "")
+    if not (isinstance(pid, tuple) and kind == "storage" and len(pid) in (5, 6)):
       raise CheckpointFormatError(f"unsupported persistent id in torch checkpoint: {pid!r}")
-    _, storage_type, key, _, _ = pid
+    storage_type, key, numel = pid[1], pid[2], pid[4]
+    if len(pid) == 6 and pid[5] is not None:
+      raise CheckpointFormatError("legacy torch storage views are not supported")
     dtype = _STORAGE_DTYPES.get(storage_type) if isinstance(storage_type, str) else None
     if dtype is None:
       raise CheckpointFormatError(f"unsupported torch storage type {storage_type!r}")
-    return self._read_storage(str(key), dtype)
+    key = key.decode() if isinstance(key, bytes) else str(key)
+    return self._read_storage(key, dtype, int(numel))
 
 
 def read_torch_zip(path: str) -> Any:
@@ -120,7 +146,8 @@ def read_torch_zip(path: str) -> Any:
     root = pickles[0][:-len("data.pkl")]
     cache: dict[str, np.ndarray] = {}
 
-    def read_storage(key: str, dtype) -> np.ndarray:
+    def read_storage(key: str, dtype, numel: int) -> np.ndarray:
+      del numel
       if key not in cache:
         raw = archive.read(f"{root}data/{key}")
         cache[key] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
@@ -128,6 +155,66 @@ def read_torch_zip(path: str) -> Any:
 
     with archive.open(pickles[0]) as f:
       return _TorchUnpickler(f, read_storage).load()
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+LEGACY_PROTOCOL = 1001
+
+
+def read_torch_legacy(path: str) -> Any:
+  """The object of a legacy (non-zip, torch < 1.6 default) ``torch.save`` file.
+
+  Layout: four pickles (magic number, protocol version, system info, the object with
+  storages as persistent ids), a fifth listing the storage keys in order, then per key
+  an int64 element count and the storage's raw little-endian bytes.
+  """
+  with open(path, "rb") as f:
+    try:
+      magic = pickle.load(f)
+    except Exception as e:  # noqa: BLE001  (any unpickling failure: not this format)
+      raise CheckpointFormatError(f"{path}: not a legacy torch file ({e})") from None
+    if magic != LEGACY_MAGIC:
+      raise CheckpointFormatError(f"{path}: not a legacy torch file (no magic number)")
+    if pickle.load(f) != LEGACY_PROTOCOL:
+      raise CheckpointFormatError(f"{path}: unsupported legacy torch protocol version")
+    sys_info = pickle.load(f)
+    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+      raise CheckpointFormatError(f"{path}: big-endian torch files are not supported")
+    storages: dict[str, _LazyStorage] = {}
+
+    def lazy_storage(key: str, dtype, numel: int) -> _LazyStorage:
+      return storages.setdefault(key, _LazyStorage(key, dtype, numel))
+
+    obj = _TorchUnpickler(f, lazy_storage).load()
+    for key in pickle.load(f):
+      storage = storages[key.decode() if isinstance(key, bytes) else str(key)]
+      numel = int(np.frombuffer(f.read(8), "<i8")[0])
+      raw = f.read(numel * storage.dtype.itemsize)
+      if numel != storage.numel or len(raw) != numel * storage.dtype.itemsize:
+        raise CheckpointFormatError(f"{path}: truncated storage {key}")
+      storage.data = np.frombuffer(raw, storage.dtype.newbyteorder("<"))
+
+  def resolve(node):
+    if isinstance(node, _PendingTensor):
+      return node.resolve()
+    if isinstance(node, dict):
+      return type(node)((k, resolve(v)) for k, v in node.items())
+    if isinstance(node, (list, tuple)):
+      return type(node)(resolve(v) for v in node)
+    return node
+
+  return resolve(obj)
+
+
+def read_torch_file(path: str) -> Any:
+  """``torch.load`` without torch: zip format or legacy format, tensors as numpy."""
+  if zipfile.is_zipfile(path):
+    return read_torch_zip(path)
+  try:
+    return read_torch_legacy(path)
+  except CheckpointFormatError:
+    raise CheckpointFormatError(
+        f"{path}: not a zip-format or legacy torch file, nor .safetensors") from None
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -159,11 +246,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """
   if path.endswith(".safetensors"):
     return read_safetensors(path)
-  if not zipfile.is_zipfile(path):
-    raise CheckpointFormatError(
-        f"{path}: not a zip-format torch checkpoint or .safetensors file (legacy torch "
-        "files: re-save them with torch>=1.6, or convert to safetensors)")
-  obj = read_torch_zip(path)
+  obj = read_torch_file(path)
   state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
   if not isinstance(state, dict):
     raise CheckpointFormatError(f"{path}: holds no state_dict")
