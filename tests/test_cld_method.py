@@ -1,12 +1,14 @@
 """CLD-SGM through the method interface: paper parameter counts, the velocity-score
 parameterisation, and a short end-to-end run on the embedded digits."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsgm_jax import data, methods, train
+from lsgm_jax import data, likelihood, methods, train
 from lsgm_jax.sde.cld import cld_mixed_score
 from tests.helpers import load_config
 
@@ -69,3 +71,32 @@ def test_cld_digits_trains_samples_and_reports_bits_per_dim(tmp_path):
   # An untrained model is a poor density, but bits/dim of 17-level data is bounded
   # below by 0 and the dequantised bound must be finite and positive.
   assert 0 < metrics["bits_per_dim"] < 100
+  # bits/dim is the reported bound over 64 pixels with the 17-level bin width 2/17
+  # (bits_per_dim's docstring): a 256-level width would be 3.9 bits higher.
+  assert metrics["bits_per_dim"] == pytest.approx(
+      (metrics["nll_nats"] / 64 - math.log(2 / 17)) / math.log(2), rel=1e-5)
+
+
+def test_cld_bits_per_dim_add_the_velocity_entropy(monkeypatch):
+  """The reported CLD NLL is -(log p(x, v0) + H[N(0, gamma M I)]) (CLD paper, likelihood
+  bound), H = D/2 (1 + log(2 pi gamma M)) over the D = 64 pixels: with the joint ODE term
+  stubbed to 0, what remains is exactly -H, and bits/dim adds log2(17/2) to -H / D."""
+  config = load_config("cld_digits", "smoke")
+  config.eval.likelihood = True
+  method = methods.build_method(config, data.dataset_info(config.data))
+  seen = []
+
+  def joint_log_likelihood(rng, sde, score_fn, u, **options):
+    seen.append(u.shape)
+    return jnp.zeros(u.shape[:1]), jnp.asarray(5, jnp.int32)
+
+  monkeypatch.setattr(likelihood, "log_likelihood", joint_log_likelihood)
+  x = jnp.zeros((3, 8, 8, 1))
+  terms = method.likelihood_terms(lambda u, t: jnp.zeros_like(u[..., :1]), x,
+                                  jax.random.PRNGKey(0))
+  assert seen == [(3, 8, 8, 2)]  # the ODE ran on u = (x, v0)
+  gamma_m = config.sde.cld_gamma / config.sde.cld_m_inv  # 0.01
+  entropy = 0.5 * 64 * (1 + math.log(2 * math.pi * gamma_m))  # -56.6 nats
+  np.testing.assert_allclose(terms["nll_nats"], -entropy, rtol=1e-6)
+  np.testing.assert_allclose(terms["bits_per_dim"],
+                             (-entropy / 64 + math.log(17 / 2)) / math.log(2), rtol=1e-6)

@@ -139,13 +139,23 @@ def test_group_count_adapts_to_small_channels():
 
 
 def test_fourier_frequencies_are_fixed_constants():
+  """The NCSN++ Fourier features are [sin(2 pi t W), cos(2 pi t W)] with W pinned here
+  (16 N(0, 1) draws of NumPy seed 0 times scale 16). If the frequencies move into the
+  model state (for importing reference checkpoints), pin them there instead."""
   proj = layers.GaussianFourierProjection(embedding_size=8, scale=16.0)
   variables = proj.init(jax.random.PRNGKey(0), jnp.ones((2,)))
   assert not jax.tree.leaves(variables)  # nothing trainable, nothing stored
-  np.testing.assert_array_equal(proj.frequencies(), proj.frequencies())
-  emb = proj.apply(variables, jnp.array([0.0, 0.5]))
+  pinned_w = np.array([28.224838, 6.4025154, 15.659808, 35.85429, 29.880928, -15.636446,
+                       15.201415, -2.4217153], np.float64)
+  np.testing.assert_allclose(proj.frequencies(), pinned_w, rtol=1e-6)
+  emb = np.asarray(proj.apply(variables, jnp.array([0.0, 0.5])), np.float64)
   assert emb.shape == (2, 16)
-  np.testing.assert_allclose(np.asarray(emb[0]), [0.0] * 8 + [1.0] * 8, atol=1e-6)
+  np.testing.assert_allclose(emb[0], [0.0] * 8 + [1.0] * 8, atol=1e-6)
+  # At t = 0.5 the argument is pi W (up to ~113 rad): float32 keeps ~1e-5 of it.
+  arg = 2.0 * np.pi * 0.5 * pinned_w
+  np.testing.assert_allclose(emb[1], np.concatenate([np.sin(arg), np.cos(arg)]), atol=1e-4)
+  # NCSN++ uses this layer with seed 0: the same constants, whatever the model's seed.
+  assert layers.GaussianFourierProjection().seed == 0
 
 
 # ------------------------------------------------------------------ U-Net
