@@ -197,10 +197,25 @@ def test_residual_block_dropout_only_in_training():
 
 
 def test_unet_out_channels_and_bf16_shapes():
+  """bfloat16 compute: float32 parameters, every layer's output in bfloat16 except the
+  time embedding (float32 like the references) and the final cast to float32."""
   model = UNet(out_channels=2, dtype=jnp.bfloat16)
   x, t = jnp.zeros((2, 16, 16, 3)), jnp.ones((2,))
-  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), x, t), x, t))
+
+  def run():
+    variables = model.init(jax.random.PRNGKey(0), x, t)
+    out, inter = model.apply(variables, x, t, capture_intermediates=True,
+                             mutable=["intermediates"])
+    return variables["params"], out, inter["intermediates"]
+  params, out, inter = jax.eval_shape(run)
   assert out.shape == (2, 16, 16, 2) and out.dtype == jnp.float32
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  dtypes = {jax.tree_util.keystr(path): leaf.dtype
+            for path, leaf in jax.tree_util.tree_flatten_with_path(inter)[0]}
+  float32 = sorted(k for k, d in dtypes.items() if d == jnp.float32)
+  assert float32 == ["['__call__'][0]", "['temb_0']['__call__'][0]",
+                     "['temb_1']['__call__'][0]"]
+  assert sum(d == jnp.bfloat16 for d in dtypes.values()) > 50
 
 
 # ------------------------------------------------------------------ NCSN++
