@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
 import pickle
 import zipfile
 
@@ -282,6 +283,41 @@ def test_converter_names_missing_unexpected_and_misshaped_keys(tmp_path):
     convert.read_state_dict(str(tmp_path / "legacy.ckpt"))
 
 
+# tests/fixtures/ldm_tiny_torch.ckpt was written once by real torch.save (see
+# tests/fixtures/README.md): this first stage's params (seed 3) under first_stage_model.,
+# plus keys a reader must survive: a 0-d tensor, a strided view with a storage offset and
+# its base's transpose sharing one storage, float16 and int64 tensors.
+FIXTURE_AE = ae_lib.AutoencoderConfig(ch=4, ch_mult=(1, 2), num_res_blocks=1,
+                                      attn_resolutions=(4,), resolution=8, in_channels=3,
+                                      out_ch=3, z_channels=2, embed_dim=2, num_groups=2)
+
+
+def test_converter_reads_a_real_torch_save_file_without_torch():
+  path = os.path.join(os.path.dirname(__file__), "fixtures", "ldm_tiny_torch.ckpt")
+  obj = convert.read_torch_zip(path)
+  assert (obj["global_step"], obj["epoch"]) == (7, 2)
+  read = convert.read_state_dict(path)
+  sd = convert.params_to_state_dict(_random_params(FIXTURE_AE, seed=3))
+  assert set(read) == {f"first_stage_model.{k}" for k in sd} | {
+      "first_stage_model.loss.logvar", "model.diffusion_model.view",
+      "model.diffusion_model.shared", "model.diffusion_model.half",
+      "model.diffusion_model.steps"}
+  for k, v in sd.items():
+    got = read[f"first_stage_model.{k}"]
+    assert got.dtype == np.float32 and got.shape == v.shape, k
+    np.testing.assert_array_equal(got, v)
+  base = np.arange(24, dtype=np.float32).reshape(4, 6)
+  np.testing.assert_array_equal(read["model.diffusion_model.view"], base[1:, ::2])
+  np.testing.assert_array_equal(read["model.diffusion_model.shared"], base.T)
+  half = read["model.diffusion_model.half"]
+  assert half.dtype == np.float16
+  np.testing.assert_array_equal(half, np.arange(5, dtype=np.float16) / 4)
+  np.testing.assert_array_equal(read["model.diffusion_model.steps"], np.array([3, -1]))
+  assert read["first_stage_model.loss.logvar"].shape == ()
+  jax.tree.map(np.testing.assert_array_equal, convert.load_ldm_checkpoint(path, FIXTURE_AE),
+               _random_params(FIXTURE_AE, seed=3))
+
+
 def test_converter_matches_torch_save_when_torch_is_installed(tmp_path):
   torch = pytest.importorskip("torch")
   sd = convert.params_to_state_dict(_random_params(TINY))
@@ -528,7 +564,8 @@ def test_encode_writes_normalised_latents_and_load_first_stage_decodes(tmp_path)
   info = data.dataset_info(latents_config.data)
   assert (info.shape, info.num_classes, info.num_train, info.num_eval) == \
       ((4, 4, 2), 10, 1500, 297)
-  np.testing.assert_allclose(info.shift, shift) and np.testing.assert_allclose(info.scale, scale)
+  np.testing.assert_allclose(info.shift, shift)
+  np.testing.assert_allclose(info.scale, scale)
   module, params, s, c = encode_latents.load_first_stage(workdir, latents_config)
   decoded, direct = jax.jit(lambda p, z, m: (
       encode_latents.decode_latents(module, p, s, c, z),
@@ -542,6 +579,7 @@ def test_latents_dataset_iterates_resumes_and_names_the_missing_dir(tmp_path):
   directory = str(tmp_path / "latents")
   for split, n in (("train", 50), ("eval", 13)):
     z = r.normal(size=(n, 2, 2, 3)).astype(np.float32)
+    z[:, 0, 0, 0] = np.arange(n)  # each row carries its index
     latents_data.write_split(directory, split, [z[:20], z[20:]], n, (2, 2, 3),
                              np.arange(n) % 4, np.zeros(3), np.ones(3), 4)
   cfg = {"name": "latents", "latents_dir": directory}
@@ -556,9 +594,18 @@ def test_latents_dataset_iterates_resumes_and_names_the_missing_dir(tmp_path):
   for a, b in zip(straight[5:], resumed):
     np.testing.assert_array_equal(a["x"], b["x"])
     np.testing.assert_array_equal(a["label"], b["label"])
-  # Rows are stored rows; an epoch (6 batches of 8 from 50) has no repeats.
-  rows = np.concatenate([b["label"] for b in straight[:6]])
-  assert len(rows) == 48
+  # Rows are stored rows; an epoch (6 batches of 8 from 50) has no repeats: 48 distinct
+  # row indices, each batch row equal to the stored row it names.
+  rows = np.concatenate([b["x"][:, 0, 0, 0] for b in straight[:6]]).astype(np.int64)
+  assert len(rows) == 48 and len(set(rows.tolist())) == 48
+  train_z = np.asarray(stored["z"])
+  for b in straight[:6]:
+    idx = b["x"][:, 0, 0, 0].astype(np.int64)
+    np.testing.assert_array_equal(b["x"], train_z[idx])
+    np.testing.assert_array_equal(b["label"], idx % 4)
+  # The next epoch is a different order of the same rows.
+  nxt = np.concatenate([b["x"][:, 0, 0, 0] for b in straight[6:9]]).astype(np.int64)
+  assert not np.array_equal(nxt, rows[:24])
   halves = [take(data.make_train_iterator(cfg, global_batch_size=8, seed=3, process_index=p,
                                           process_count=2), 1)[0] for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([h["x"] for h in halves]), straight[0]["x"])

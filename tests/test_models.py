@@ -139,13 +139,23 @@ def test_group_count_adapts_to_small_channels():
 
 
 def test_fourier_frequencies_are_fixed_constants():
+  """The NCSN++ Fourier features are [sin(2 pi t W), cos(2 pi t W)] with W pinned here
+  (16 N(0, 1) draws of NumPy seed 0 times scale 16). If the frequencies move into the
+  model state (for importing reference checkpoints), pin them there instead."""
   proj = layers.GaussianFourierProjection(embedding_size=8, scale=16.0)
   variables = proj.init(jax.random.PRNGKey(0), jnp.ones((2,)))
   assert not jax.tree.leaves(variables)  # nothing trainable, nothing stored
-  np.testing.assert_array_equal(proj.frequencies(), proj.frequencies())
-  emb = proj.apply(variables, jnp.array([0.0, 0.5]))
+  pinned_w = np.array([28.224838, 6.4025154, 15.659808, 35.85429, 29.880928, -15.636446,
+                       15.201415, -2.4217153], np.float64)
+  np.testing.assert_allclose(proj.frequencies(), pinned_w, rtol=1e-6)
+  emb = np.asarray(proj.apply(variables, jnp.array([0.0, 0.5])), np.float64)
   assert emb.shape == (2, 16)
-  np.testing.assert_allclose(np.asarray(emb[0]), [0.0] * 8 + [1.0] * 8, atol=1e-6)
+  np.testing.assert_allclose(emb[0], [0.0] * 8 + [1.0] * 8, atol=1e-6)
+  # At t = 0.5 the argument is pi W (up to ~113 rad): float32 keeps ~1e-5 of it.
+  arg = 2.0 * np.pi * 0.5 * pinned_w
+  np.testing.assert_allclose(emb[1], np.concatenate([np.sin(arg), np.cos(arg)]), atol=1e-4)
+  # NCSN++ uses this layer with seed 0: the same constants, whatever the model's seed.
+  assert layers.GaussianFourierProjection().seed == 0
 
 
 # ------------------------------------------------------------------ U-Net
@@ -187,10 +197,25 @@ def test_residual_block_dropout_only_in_training():
 
 
 def test_unet_out_channels_and_bf16_shapes():
+  """bfloat16 compute: float32 parameters, every layer's output in bfloat16 except the
+  time embedding (float32 like the references) and the final cast to float32."""
   model = UNet(out_channels=2, dtype=jnp.bfloat16)
   x, t = jnp.zeros((2, 16, 16, 3)), jnp.ones((2,))
-  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), x, t), x, t))
+
+  def run():
+    variables = model.init(jax.random.PRNGKey(0), x, t)
+    out, inter = model.apply(variables, x, t, capture_intermediates=True,
+                             mutable=["intermediates"])
+    return variables["params"], out, inter["intermediates"]
+  params, out, inter = jax.eval_shape(run)
   assert out.shape == (2, 16, 16, 2) and out.dtype == jnp.float32
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  dtypes = {jax.tree_util.keystr(path): leaf.dtype
+            for path, leaf in jax.tree_util.tree_flatten_with_path(inter)[0]}
+  float32 = sorted(k for k, d in dtypes.items() if d == jnp.float32)
+  assert float32 == ["['__call__'][0]", "['temb_0']['__call__'][0]",
+                     "['temb_1']['__call__'][0]"]
+  assert sum(d == jnp.bfloat16 for d in dtypes.values()) > 50
 
 
 # ------------------------------------------------------------------ NCSN++

@@ -207,14 +207,39 @@ def test_weight_norm_and_spectral_estimate():
 
 
 def test_ar_flow_is_autoregressive():
-  """Output channel i of a flow cell depends on input channels < i only at the same pixel."""
-  cell = L.CellAR(mirror=False)
-  z = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 3, 4))
-  variables = jax.jit(cell.init)(jax.random.PRNGKey(1), z)
-  f = lambda zz: cell.apply(variables, zz)[0][0, 1, 1]
-  jac = jax.jit(jax.jacfwd(f))(z)[:, 0, 1, 1, :]  # d out[c] / d z[centre, c']
-  np.testing.assert_allclose(np.triu(np.asarray(jac), 1), 0.0, atol=1e-7)
-  np.testing.assert_allclose(np.diag(np.asarray(jac)), 1.0, atol=1e-6)
+  """Full Jacobian of both flow cells over a 4x4 latent grid: output (p, c) depends on
+  input (p', c') only for pixels p' before p in raster order (after p in the mirrored
+  cell) or, at p' = p, channels c' < c; the diagonal is 1 (volume preserving)."""
+  h = w = c = 4
+  cells = {False: L.CellAR(mirror=False), True: L.CellAR(mirror=True)}
+  z = jax.random.normal(jax.random.PRNGKey(0), (1, h, w, c))
+
+  def init(key):
+    return {m: cell.init(jax.random.fold_in(key, m), z) for m, cell in cells.items()}
+  variables = jax.jit(init)(jax.random.PRNGKey(1))
+  for v in variables.values():  # larger mu weights than the 0.1 init: clear non-zeros
+    v["params"]["mu"]["log_gain"] = v["params"]["mu"]["log_gain"] + 2.0
+
+  def jacobians(variables, z):
+    return {m: jax.jacfwd(lambda zz: cell.apply(variables[m], zz)[0].reshape(-1))(z)
+            for m, cell in cells.items()}
+  jacs = jax.jit(jacobians)(variables, z)
+  order = np.arange(h * w)  # raster index row * w + col
+  for mirror, jac in jacs.items():
+    jac = np.asarray(jac).reshape(h * w, c, h * w, c)  # [p, c, p', c']
+    later = order[None, :] > order[:, None]  # [p, p']: p' after p in raster order
+    future = later.T if mirror else later
+    past = ~future & ~np.eye(h * w, dtype=bool)
+    np.testing.assert_array_equal(jac[future.nonzero()[0], :, future.nonzero()[1], :], 0.0)
+    same = jac[order, :, order, :]  # [p, c, c']
+    np.testing.assert_array_equal(np.triu(same, 1), np.zeros_like(same))
+    np.testing.assert_allclose(np.diagonal(same, axis1=1, axis2=2), 1.0, atol=1e-6)
+    # Not vacuous: every lower channel entry and every visible 3x3 neighbour is used.
+    assert np.all(np.abs(same).mean(0)[np.tril_indices(c, -1)] > 1e-4)
+    near = [(p, q) for p in range(h * w) for q in range(h * w) if past[p, q]
+            and abs(p // w - q // w) <= 1 and abs(p % w - q % w) <= 1]
+    assert len(near) == 42  # the 8-neighbour pairs of a 4x4 grid, one direction each
+    assert all(np.abs(jac[p, :, q, :]).max() > 1e-4 for p, q in near), mirror
 
 
 def test_upsample_align_corners():
