@@ -157,9 +157,7 @@ class SGM(Method):
   def generate(self, params, model_state, rng, num):
     sampling = self.config.sampling
     score = self.score_fn(params, model_state)
-    options = dict(eps=float(sampling.eps), denoise=bool(sampling.denoise))
-    if sampling.method != "probability_flow_ode":
-      options["num_steps"] = int(sampling.num_steps)
+    options = samplers.sampler_options(sampling, float(sampling.eps))
     samples, info = self.sampler(rng, self.sde, score, (num,) + self.shape, **options)
     return samples, {k: jnp.asarray(v, jnp.float32) for k, v in info.items()
                      if jnp.ndim(v) == 0}
