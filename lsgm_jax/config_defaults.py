@@ -123,6 +123,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   sampling.heun_s_noise = 1.0
   sampling.dpm_schedule = "logSNR"  # dpm_solver_pp: logSNR | time_uniform | time_quadratic | karras
   sampling.sscs_order = 1  # sscs: 1 the CLD paper's, 2 Heun on the score part
+  # Classifier guidance (issue 13): a method="noise_classifier" workdir trained on the same
+  # SDE; the score becomes s + guidance_scale * grad log p_t(y | x) for every sampler.
+  sampling.classifier_checkpoint = ""
+  sampling.guidance_scale = 1.0
+  sampling.class_labels = ()  # tiled over the batch; () cycles through all classes
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 1000

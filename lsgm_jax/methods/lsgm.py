@@ -498,6 +498,9 @@ class LSGM(Method):
     variables = {"params": params["vae"], **model_state["vae"]}
     info = {}
     eps_z = None
+    if sampling.classifier_checkpoint:
+      raise ValueError("config.sampling.classifier_checkpoint: classifier guidance is "
+                       "implemented for method 'sgm' (a classifier of LSGM latents is not)")
     if self.is_vada:
       diffusion = _TemperedPrior(self.diffusion, float(lc.temperature))
       options = samplers.sampler_options(sampling, float(lc.ode_eps))

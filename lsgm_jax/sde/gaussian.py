@@ -181,3 +181,46 @@ def _exact_prior_class(base: type) -> type:
   cls._key = lambda a: (tuple(getattr(a, f.name) for f in dataclasses.fields(a)),
                         a.mu, a.s, a.points)
   return cls
+
+
+def mixture_log_posterior(sde: SDE, x: Array, t: Array, means: Array, s: float,
+                          weights: Array) -> Array:
+  """log p_t(y = k | x) of a Gaussian mixture p0 = sum_k w_k N(means_k, s^2 I).
+
+  Under a scalar SDE each component stays Gaussian, p_t(x | y = k) =
+  N(alpha means_k, (alpha^2 s^2 + std^2) I), so Bayes' rule gives the classifier in closed
+  form (the analytic p_t(y | x_t) of the classifier-guidance tests).
+
+  Args:
+    sde: VP, sub-VP or VE.
+    x: ``[B, D]``; t: ``[B]``.
+    means: ``[K, D]`` component means; s: common std; weights: ``[K]`` class priors.
+
+  Returns:
+    ``[B, K]`` log-probabilities.
+  """
+  comp = _mixture_component_logps(sde, x, t, means, s) + jnp.log(weights)
+  return comp - jax.nn.logsumexp(comp, axis=-1, keepdims=True)
+
+
+def _mixture_component_logps(sde: SDE, x: Array, t: Array, means: Array, s: float) -> Array:
+  coeff, std = sde.marginal(jnp.ones_like(x), t)  # [B, D], [B, 1]
+  var = coeff[:, :1]**2 * s**2 + std**2  # [B, 1]
+  diff = x[:, None, :] - coeff[:, None, :] * means[None]  # [B, K, D]
+  return (-0.5 * jnp.sum(diff**2, -1) / var
+          - 0.5 * x.shape[-1] * jnp.log(2.0 * math.pi * var))
+
+
+def mixture_score_fn(sde: SDE, means: Array, s: float, weights: Array,
+                     label: int | None = None) -> ScoreFn:
+  """Exact score of the mixture's p_t (``label=None``) or of one class's p_t(x | y)."""
+  means, weights = jnp.asarray(means), jnp.asarray(weights)
+
+  def score(x: Array, t: Array) -> Array:
+    def logp(x):
+      comp = _mixture_component_logps(sde, x, t, means, s)
+      if label is not None:
+        return jnp.sum(comp[:, label])
+      return jnp.sum(jax.nn.logsumexp(comp + jnp.log(weights), axis=-1))
+    return jax.grad(logp)(x)
+  return score
