@@ -222,6 +222,7 @@ def test_registry_and_config_options():
       "sscs": {"eps", "denoise", "num_steps", "order"},
       "probability_flow_ode": {"eps", "denoise"},
       "euler_maruyama": {"eps", "denoise", "num_steps"},
+      "annealed_langevin": {"eps", "denoise", "num_levels"},
   }
   for name, keys in expected.items():
     with sampling.unlocked():

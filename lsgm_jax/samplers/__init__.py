@@ -49,7 +49,9 @@ def sampler_options(sampling: Any, eps: float) -> dict[str, Any]:
   options: dict[str, Any] = {"eps": float(eps)}
   if name != "heun":  # EDM's chain ends at sigma = 0 by construction
     options["denoise"] = bool(sampling.denoise)
-  if name != "probability_flow_ode":
+  if name == "annealed_langevin":  # num_steps noise levels (n_steps_each Langevin steps each)
+    options["num_levels"] = int(sampling.num_steps)
+  elif name != "probability_flow_ode":
     options["num_steps"] = int(sampling.num_steps)
   if name == "ddim":
     options["eta"] = float(sampling.ddim_eta)
