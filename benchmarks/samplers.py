@@ -9,6 +9,14 @@ The "exact samples" row is the Monte-Carlo floor of that estimate at this sample
 Prints two markdown tables (paste into BENCHMARKS.md): every sampler on its SDE, and
 CLD's SSCS against Euler-Maruyama at NFE 20, 50, 100, 200 (CLD paper, Sec. 3.3 / Fig. on
 SSCS vs EM). Run: ``python benchmarks/samplers.py`` (CPU, under 3 minutes).
+
+``--nfe_table`` prints instead the issue-13 table: W2 error against NFE 10, 20, 40, 80 for
+every sampler on every SDE, with the fitted convergence order, in float64 on the
+2-dimensional harness of tests/test_fast_samplers.py (mu = (0.5, -1), s = (0.3, 0.8)),
+started from the exact p_T (``exact_prior_sde``) so that the continuous-time limit is
+exactly p_eps. Deterministic samplers are affine maps per dimension on Gaussian data, so
+their output law is computed exactly from two starting points; stochastic ones are
+estimated from ``--samples`` draws (standard error of the W2 estimate ~ s / sqrt(n)).
 """
 
 from __future__ import annotations
@@ -52,11 +60,91 @@ def run(name: str, sde, score_fn, shape, options: dict, mu, s, timed: bool = Tru
               w2=w2_error(x, mu, s))
 
 
+NFES = (10, 20, 40, 80)
+
+
+def nfe_table(samples: int) -> None:
+  """W2 vs NFE for all samplers and SDEs (float64; see the module docstring)."""
+  jax.config.update("jax_enable_x64", True)
+  import jax.numpy as jnp  # noqa: PLC0415
+  from lsgm_jax.samplers.scaled_view import edm_sigma  # noqa: PLC0415
+  from lsgm_jax.sde.gaussian import (cld_marginal_moments, exact_prior_sde,  # noqa: PLC0415
+                                     marginal_moments)
+  mu, s, eps = (0.5, -1.0), (0.3, 0.8), 1e-3
+  mu_a, s_a = np.asarray(mu), np.asarray(s)
+  sdes = {"VP": VPSDE(), "sub-VP": SubVPSDE(), "VE": VESDE(sigma_min=0.01, sigma_max=20.0),
+          "CLD": CLD()}
+
+  def target(sde, name):
+    t = jnp.full((1,), eps)
+    if isinstance(sde, CLD):
+      mean_x, _, (sxx, _, _), _ = cld_marginal_moments(sde, t, jnp.zeros((1, 2)), mu_a, s_a)
+      return np.asarray(mean_x[0]), np.sqrt(np.asarray(sxx[0]))
+    if name == "heun":  # exact flow to sigma(eps), then Tweedie to sigma = 0
+      sig = float(edm_sigma(sde, jnp.asarray([eps]))[0])
+      return mu_a, s_a**2 / np.sqrt(s_a**2 + sig**2)
+    mean, var = marginal_moments(sde, t, jnp.zeros((1, 2)), mu_a, s_a)
+    return np.asarray(mean[0]), np.sqrt(np.asarray(var[0]))
+
+  rows = [
+      # (sampler, label, options, SDEs, deterministic, NFE per step)
+      ("euler_maruyama", "Euler-Maruyama", {}, ("VP", "sub-VP", "VE", "CLD"), False, 1),
+      ("ddim", "DDIM eta=0", {}, ("VP", "sub-VP", "VE"), True, 1),
+      ("ddim", "DDIM eta=1", dict(eta=1.0), ("VP", "sub-VP", "VE"), False, 1),
+      ("heun", "EDM Heun (rho=7)", {}, ("VP", "sub-VP", "VE"), True, 2),
+      ("dpm_solver_pp", "DPM-Solver++(2M) logSNR", dict(schedule="logSNR"),
+       ("VP", "sub-VP", "VE"), True, 1),
+      ("dpm_solver_pp", "DPM-Solver++(2M) time_uniform", dict(schedule="time_uniform"),
+       ("VP", "sub-VP"), True, 1),
+      ("sscs", "SSCS (order 1), quadratic", dict(striding="quadratic"), ("CLD",), False, 1),
+      ("sscs", "SSCS order 2 (Heun S-step), quadratic", dict(striding="quadratic", order=2),
+       ("CLD",), False, 2),
+      ("sscs", "SSCS (order 1), linear", dict(striding="linear"), ("CLD",), False, 1),
+      ("sscs", "SSCS order 2 (Heun S-step), linear", dict(striding="linear", order=2),
+       ("CLD",), False, 2),
+  ]
+  print(f"W2 error vs NFE, exact score, exact p_T start, float64, "
+        f"{jax.devices()[0].platform.upper()}; stochastic rows: {samples} samples "
+        f"(Monte-Carlo floor ~{0.8 / np.sqrt(samples):.1e}).\n")
+  print("| sampler | SDE | " + " | ".join(f"NFE {n}" for n in NFES) + " | fitted order |")
+  print("|---|---|" + "---:|" * (len(NFES) + 1))
+  for name, label, options, sde_names, deterministic, per_step in rows:
+    for sde_name in sde_names:
+      base = sdes[sde_name]
+      sde = exact_prior_sde(base, mu, s, points=deterministic)
+      score = gaussian_score_fn(sde, jnp.asarray(mu_a), jnp.asarray(s_a))
+      tgt = target(base, name)
+      nfes, errs = [], []
+      for nfe in NFES:
+        steps = nfe // per_step
+        opts = dict(options, num_steps=steps, eps=eps)
+        if name != "heun":
+          opts["denoise"] = False
+        shape = (2, 2) if deterministic else (samples, 2)
+        x, info = get_sampler(name)(jax.random.PRNGKey(0), sde, score, shape, **opts)
+        x = np.asarray(x, np.float64)
+        if deterministic:
+          mean, std = x[0], np.abs(x[1] - x[0])
+        else:
+          mean, std = x.mean(0), x.std(0)
+        nfes.append(int(info["nfe"]))
+        errs.append(float(np.sqrt(np.sum((mean - tgt[0])**2 + (std - tgt[1])**2))))
+      order = -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
+      cells = " | ".join(f"{e:.2e}" + ("" if n == m else f" ({n})")
+                         for e, n, m in zip(errs, nfes, NFES))
+      print(f"| {label} | {sde_name} | {cells} | {order:.2f} |", flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--samples", type=int, default=10_000)
   parser.add_argument("--dim", type=int, default=4)
+  parser.add_argument("--nfe_table", action="store_true",
+                      help="print the W2-vs-NFE table of all samplers and SDEs instead")
   args = parser.parse_args()
+  if args.nfe_table:
+    nfe_table(args.samples)
+    return
 
   rng = np.random.default_rng(0)
   mu = rng.uniform(-1.0, 1.0, args.dim).astype(np.float32)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from lsgm_jax import optim
+from lsgm_jax import optim, samplers
+from lsgm_jax.samplers import dpm_solver
 from lsgm_jax.methods.base import COMPUTE_DTYPES
 
 
@@ -60,6 +61,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _require(sa.num_samples > 0, f"config.sampling.num_samples={sa.num_samples} must be > 0")
   _require(sa.batch_size > 0, f"config.sampling.batch_size={sa.batch_size} must be > 0")
   _require(sa.num_steps > 0, f"config.sampling.num_steps={sa.num_steps} must be > 0")
+  _require(sa.method in samplers.SAMPLERS,
+           f"config.sampling.method={sa.method!r} is not one of {sorted(samplers.SAMPLERS)}")
+  _require(0.0 <= sa.ddim_eta <= 1.0, f"config.sampling.ddim_eta={sa.ddim_eta} must be in [0, 1]")
+  _require(sa.heun_churn >= 0, f"config.sampling.heun_churn={sa.heun_churn} must be >= 0")
+  _require(sa.dpm_schedule in dpm_solver.SCHEDULES,
+           f"config.sampling.dpm_schedule={sa.dpm_schedule!r} is not one of "
+           f"{dpm_solver.SCHEDULES}")
+  _require(sa.sscs_order in (1, 2), f"config.sampling.sscs_order={sa.sscs_order} must be 1 or 2")
   _require(config.eval.batch_size > 0,
            f"config.eval.batch_size={config.eval.batch_size} must be > 0")
   _require(config.eval.fid_every >= 0,

@@ -117,6 +117,20 @@ def get_default_config() -> ml_collections.ConfigDict:
   sampling.denoise = True
   sampling.num_samples = 1000
   sampling.batch_size = 1000
+  # Options of the fast samplers (issue 13); each is read only by its sampler.
+  sampling.ddim_eta = 0.0  # ddim: 0 deterministic DDIM, 1 DDPM posterior
+  sampling.heun_rho = 7.0  # heun: Karras schedule exponent (EDM eq. (5))
+  sampling.heun_churn = 0.0  # heun: EDM's S_churn (0 = deterministic Algorithm 1)
+  sampling.heun_s_tmin = 0.0  # heun: churn only for S_tmin <= sigma <= S_tmax
+  sampling.heun_s_tmax = float("inf")
+  sampling.heun_s_noise = 1.0
+  sampling.dpm_schedule = "logSNR"  # dpm_solver_pp: logSNR | time_uniform | time_quadratic | karras
+  sampling.sscs_order = 1  # sscs: 1 the CLD paper's, 2 Heun on the score part
+  # Classifier guidance (issue 13): a method="noise_classifier" workdir trained on the same
+  # SDE; the score becomes s + guidance_scale * grad log p_t(y | x) for every sampler.
+  sampling.classifier_checkpoint = ""
+  sampling.guidance_scale = 1.0
+  sampling.class_labels = ()  # tiled over the batch; () cycles through all classes
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 1000

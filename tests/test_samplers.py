@@ -66,10 +66,11 @@ def test_time_grid_linear_and_quadratic():
 
 def test_get_sampler_mapping_and_error():
   assert set(samplers.SAMPLERS) == {"euler_maruyama", "predictor_corrector",
-                                    "annealed_langevin", "probability_flow_ode", "sscs"}
+                                    "annealed_langevin", "probability_flow_ode", "sscs",
+                                    "ddim", "heun", "dpm_solver_pp"}
   assert samplers.get_sampler("sscs") is sscs
-  with pytest.raises(ValueError, match="valid: annealed_langevin, euler_maruyama"):
-    samplers.get_sampler("ddim")
+  with pytest.raises(ValueError, match="valid: annealed_langevin, ddim, dpm_solver_pp"):
+    samplers.get_sampler("dpm_solver_3s")
 
 
 # ----------------------------------------------- samples match N(mu, s^2) with exact score

@@ -498,11 +498,12 @@ class LSGM(Method):
     variables = {"params": params["vae"], **model_state["vae"]}
     info = {}
     eps_z = None
+    if sampling.classifier_checkpoint:
+      raise ValueError("config.sampling.classifier_checkpoint: classifier guidance is "
+                       "implemented for method 'sgm' (a classifier of LSGM latents is not)")
     if self.is_vada:
       diffusion = _TemperedPrior(self.diffusion, float(lc.temperature))
-      options = dict(eps=float(lc.ode_eps), denoise=bool(sampling.denoise))
-      if sampling.method != "probability_flow_ode":
-        options["num_steps"] = int(sampling.num_steps)
+      options = samplers.sampler_options(sampling, float(lc.ode_eps))
       sampler = samplers.get_sampler(sampling.method)
       z0, sinfo = sampler(sgm_rng, diffusion, self.score_fn(params, model_state),
                           (num,) + self.latent_shape, **options)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lsgm_jax import likelihood, samplers, sde as sde_lib
+from lsgm_jax import guidance, likelihood, samplers, sde as sde_lib
 from lsgm_jax.methods.base import COMPUTE_DTYPES, Method
 from lsgm_jax.models.registry import build_model
 from lsgm_jax.objectives.dsm import dsm_loss
@@ -75,6 +75,7 @@ class SGM(Method):
     self.net_in_shape = net_in_shape
     self.model = build_model(config.model, net_in_shape, channels, dtype)
     self.sampler = samplers.get_sampler(config.sampling.method)
+    self._classifier = None  # loaded on first guided sample (config.sampling.classifier_checkpoint)
     # HSM marginalises v0 ~ N(0, gamma M); DSM conditions on it (CLD paper, Sec. 3).
     self.var0v = (self.sde.hsm_var0v if loss.objective == "hsm" else 0.0) if self.is_cld \
         else None
@@ -154,12 +155,26 @@ class SGM(Method):
           logp, info.dims, bin_width=(high - low) / info.num_levels)
     return terms
 
+  @property
+  def classifier(self):
+    """The noise classifier of ``config.sampling.classifier_checkpoint`` (or None)."""
+    path = self.config.sampling.classifier_checkpoint
+    if not path:
+      return None
+    if self._classifier is None:
+      self._classifier = guidance.load_classifier(path, self.sde)
+    return self._classifier
+
   def generate(self, params, model_state, rng, num):
     sampling = self.config.sampling
     score = self.score_fn(params, model_state)
-    options = dict(eps=float(sampling.eps), denoise=bool(sampling.denoise))
-    if sampling.method != "probability_flow_ode":
-      options["num_steps"] = int(sampling.num_steps)
+    classifier = self.classifier
+    if classifier is not None:  # classifier guidance (issue 13): s + w grad log p_t(y | x)
+      labels = guidance.sample_labels(tuple(sampling.class_labels), num,
+                                      classifier.num_classes)
+      score = guidance.guided_score_fn(self.sde, score, classifier.log_prob_fn(), labels,
+                                       float(sampling.guidance_scale))
+    options = samplers.sampler_options(sampling, float(sampling.eps))
     samples, info = self.sampler(rng, self.sde, score, (num,) + self.shape, **options)
     return samples, {k: jnp.asarray(v, jnp.float32) for k, v in info.items()
                      if jnp.ndim(v) == 0}

@@ -7,7 +7,10 @@ The reverse-time CLD SDE (reverse time s = T - t) splits into
   (S) dv = 2 Gamma beta (score_v(u, t) + M^{-1} v) ds
       -- the part carrying the learned score, integrated by one Euler step.
 A step of size dt is the symmetric (Strang) composition A(dt/2) S(dt) A(dt/2), with one
-score evaluation per step. The exact A-flow is ``CLD.ou_step_mean_cov`` (the same law as
+score evaluation per step. ``order=2`` is the second-order variant tried for issue 13:
+the same Strang composition with (S) integrated by Heun's method at the midpoint time
+t - dt/2 (two score evaluations per step); see ``sscs``'s docstring for what it measures.
+The exact A-flow is ``CLD.ou_step_mean_cov`` (the same law as
 ``CLD.sample_ou_step``), tabulated once per time grid; the chain is one ``lax.scan``.
 """
 
@@ -30,11 +33,11 @@ SCORE_TIMES = ("start", "midpoint")
 @functools.partial(
     jax.jit,
     static_argnames=("sde", "score_fn", "shape", "num_steps", "eps", "striding", "denoise",
-                     "score_time", "num_stab"))
+                     "score_time", "num_stab", "order"))
 def sscs(rng: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *,
          num_steps: int = 1000, eps: float = 1e-3, striding: str = "linear",
          denoise: bool = False, score_time: str = "start",
-         num_stab: float = 0.0) -> tuple[Array, Info]:
+         num_stab: float = 0.0, order: int = 1) -> tuple[Array, Info]:
   """Samples CLD with SSCS: exact OU/Hamiltonian half-steps around an Euler score step.
 
   Args:
@@ -52,16 +55,21 @@ def sscs(rng: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *,
       ends).
     num_stab: added to the analytic step's covariance diagonal (CLD-SGM ``sscs_num_stab``;
       0 is fine here since ``CLD`` forms the covariance without cancellation).
+    order: 1 is the CLD paper's SSCS; 2 integrates (S) by Heun at t - dt/2 (Strang
+      splitting with exact A half-steps and a second-order S step; ``score_time`` is then
+      ignored). Measured weak orders on exact-score Gaussian data are in BENCHMARKS.md.
 
   Returns:
-    (x samples ``shape``, info) with ``info["nfe"]`` = num_steps (+1 with denoise) and
-    ``info["v"]`` the final velocity.
+    (x samples ``shape``, info) with ``info["nfe"]`` = num_steps (2 num_steps with
+    order=2), +1 with denoise, and ``info["v"]`` the final velocity.
 
   Raises:
-    ValueError: if ``sde`` is not a ``CLD`` or ``score_time`` is unknown.
+    ValueError: if ``sde`` is not a ``CLD`` or ``score_time`` / ``order`` is unknown.
   """
   if not isinstance(sde, CLD):
     raise ValueError(f"sscs needs a CLD process, got {type(sde).__name__}")
+  if order not in (1, 2):
+    raise ValueError(f"sscs order must be 1 or 2, got {order}")
   if score_time not in SCORE_TIMES:
     raise ValueError(f"unknown score_time {score_time!r}; valid: {', '.join(SCORE_TIMES)}")
   rng_prior, rng_steps = jax.random.split(rng)
@@ -73,7 +81,7 @@ def sscs(rng: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *,
   # factor per step are computed once for the whole grid, outside the loop.
   first_half = ou_step_coefficients(sde, t_start, 0.5 * dt, num_stab)
   second_half = ou_step_coefficients(sde, t_mid, 0.5 * dt, num_stab)
-  t_score = t_start if score_time == "start" else t_mid
+  t_score = t_start if score_time == "start" and order == 1 else t_mid
 
   def step(u, inputs):
     key, ts, h, coeffs1, coeffs2 = inputs
@@ -82,14 +90,22 @@ def sscs(rng: Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *,
     u = apply_ou_step(k1, u, coeffs1)
     # S(dt) -- Euler step of v' = 2 Gamma beta (score_v + M^{-1} v) (score at t: paper).
     ts_b = batch_time(ts, u)
-    u = sde.sscs_score_step(u, ts_b, h, score_fn(u, ts_b))
+    if order == 1:
+      u = sde.sscs_score_step(u, ts_b, h, score_fn(u, ts_b))
+    else:
+      # Heun on v' = F(v) = 2 Gamma beta (score_v + M^{-1} v) at the frozen time t - dt/2.
+      score_start = score_fn(u, ts_b)
+      u_euler = sde.sscs_score_step(u, ts_b, h, score_start)
+      u_half = sde.sscs_score_step(u, ts_b, 0.5 * h, score_start)
+      u = u_half + (sde.sscs_score_step(u_euler, ts_b, 0.5 * h, score_fn(u_euler, ts_b))
+                    - u_euler)
     # A(dt/2) again, from t - dt/2 to t - dt.
     u = apply_ou_step(k2, u, coeffs2)
     return u, None
 
   inputs = (step_keys(rng_steps, num_steps), t_score, dt, first_half, second_half)
   u, _ = jax.lax.scan(step, u, inputs)
-  return finish(sde, score_fn, u, eps, denoise, num_steps)
+  return finish(sde, score_fn, u, eps, denoise, order * num_steps)
 
 
 def ou_step_coefficients(sde: CLD, t: Array, dt: Array, num_stab: float = 0.0
