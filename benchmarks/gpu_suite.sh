@@ -6,7 +6,8 @@
 # Runs, for the paper's CLD-SGM CIFAR-10 model (configs/cld_cifar.py, 107.6M parameters):
 #   - the train step at batch 128 in float32 and in bfloat16: examples/s, TFLOP/s from
 #     XLA's cost analysis, MFU against the device's peak (lsgm_jax/flops.py);
-#   - SSCS sampling at NFE 150 (batch 128) in float32 and bfloat16: images/s.
+#   - SSCS sampling at NFE 150 (batch 128) in float32 and bfloat16: images/s;
+#   - FID Inception feature extraction at 32x32 and 256x256 input: images/s (FID=0 skips).
 # The four parts compile in parallel processes (host work), then time one after another
 # under a file lock (benchmarks/gpu_suite.py). Environment overrides, for a quick check
 # on a CPU: CONFIG, BATCH, SAMPLE_BATCH, NFE, CALLS, SAMPLE_CALLS, REPEATS, SEQUENTIAL,
@@ -45,6 +46,13 @@ for spec in $PARTS; do
   if [ "${SEQUENTIAL:-0}" = 1 ]; then wait "$!"; fi
 done
 for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+# FID Inception feature throughput (issue 11) after the timed parts, alone on the device.
+if [ "${FID:-1}" = 1 ]; then
+  "$PYTHON" benchmarks/fid_features.py --sizes=32,256 --batch="${FID_BATCH:-250}" \
+    --repeats=3 >"$WORK/fid_features.log" 2>&1 \
+    && tail -n 1 "$WORK/fid_features.log" | sed 's/^{/{"part": "fid_features", /' \
+       >>"$WORK/results.jsonl"
+fi
 elapsed=$(( $(date +%s) - start ))
 
 "$PYTHON" - "$WORK/results.jsonl" "$OUT_JSON" "$elapsed" <<'EOF'
@@ -56,15 +64,16 @@ try:
                        timeout=20).stdout.strip()
 except Exception:
   gpu = ""
-order = {"train": 0, "sample": 1}
-rows.sort(key=lambda r: (order.get(r["part"], 9), r["compute_dtype"]))
+order = {"train": 0, "sample": 1, "fid_features": 2}
+rows.sort(key=lambda r: (order.get(r["part"], 9), r.get("compute_dtype", "")))
 summary = {"suite_wall_s": int(sys.argv[3]), "host": platform.node(), "gpu": gpu,
            "results": rows}
 json.dump(summary, open(sys.argv[2], "w"), indent=1)
 for r in rows:
   keys = ("part", "compute_dtype", "device", "compile_s", "examples_per_s", "steps_per_s",
           "tflops_per_device", "mfu", "error")
-  print(" | ".join(f"{k}: {r[k]}" for k in keys if k in r))
+  print(" | ".join(f"{k}: {r[k]}" for k in keys if k in r) if r["part"] != "fid_features"
+        else json.dumps(r))
 print(f"suite wall {sys.argv[3]} s -> {sys.argv[2]}")
 EOF
 [ -n "${LOG_DIR:-}" ] && cp "$WORK"/*.log "$LOG_DIR"/ 2>/dev/null
