@@ -194,8 +194,10 @@ class ScoreVAE(Method):
       params["decoder"] = self.decoder.init({"params": dec_rng, "dropout": dec_rng}, z,
                                             self.shape[0])["params"]
       return params, {}
-    # The frozen prior: a placeholder here, replaced by warm_start on a fresh start.
-    p, s = self.prior.init_params(prior_rng)
+    # The frozen prior: zeros of its shapes here (no random init to compile or run),
+    # replaced by the trained prior in warm_start on a fresh start.
+    p, s = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                        jax.eval_shape(self.prior.init_params, prior_rng))
     return params, {"prior": {"params": p, "state": s}}
 
   def encode_fn(self, enc_params: PyTree, train: bool = False, rng: jax.Array | None = None):
@@ -322,6 +324,13 @@ class ScoreVAE(Method):
 
   # --------------------------------------------------------------------------- decoding
 
+  def conditional_score(self, params: PyTree, model_state: PyTree, z: jax.Array):
+    """``score(x_t, t)`` of p(x_t | z): the frozen prior's score plus grad_{x_t} log
+    q_t(z | x_t) through the encoder (EMA params at evaluation; paper section 3.3)."""
+    return sv_obj.conditional_score_fn(self.prior_score_fn(model_state),
+                                       self.encode_fn(params["encoder"]), z,
+                                       exact=self.config.score_vae.log_q == "exact")
+
   def decode_latent(self, params: PyTree, model_state: PyTree, z: jax.Array,
                     rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Images (data space) from latents ``z`` ``[B, latent]``: the conditional reverse
@@ -330,9 +339,7 @@ class ScoreVAE(Method):
       return self.from_unit(self.decode_fn(params["decoder"])(z)), {
           "nfe": jnp.zeros((), jnp.float32)}
     sv, sampling = self.config.score_vae, self.config.sampling
-    score = sv_obj.conditional_score_fn(self.prior_score_fn(model_state),
-                                        self.encode_fn(params["encoder"]), z,
-                                        exact=sv.log_q == "exact")
+    score = self.conditional_score(params, model_state, z)
     shape = (z.shape[0],) + self.shape
     if sampling.method == "euler_maruyama" and sv.em_grid == "reference":
       x, info = reference_euler_maruyama(rng, self.sde, score, shape,
