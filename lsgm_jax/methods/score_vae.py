@@ -396,9 +396,12 @@ class ScoreVAE(Method):
     x_unit, r_unit = self.to_unit(x), jnp.clip(self.to_unit(recon), 0.0, 1.0)
     terms = {"l2": sv_obj.per_image_l2(x_unit, r_unit)}
     if self.lpips_net is not None:
-      terms["lpips"] = reconstruction.lpips(self.lpips_net, x_unit, r_unit,
-                                            size=int(sv.lpips_size),
-                                            reference_input=sv.lpips_input == "reference")
+      lp = functools.partial(reconstruction.lpips, self.lpips_net, x_unit, r_unit,
+                             size=int(sv.lpips_size))
+      terms["lpips"] = lp(reference_input=sv.lpips_input == "reference")
+      # Also the paper code's number ([0, 1] fed to a net expecting [-1, 1]), to set
+      # against Tables 1-2.
+      terms["lpips_paper_code"] = lp(reference_input=True)
     return terms
 
   def eval_terms(self, params, model_state, batch, rng):
