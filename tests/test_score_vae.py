@@ -291,3 +291,61 @@ def test_three_stages_end_to_end(tmp_path):
   # main.py prints such errors as "lsgm_jax: error: <message>" (exit 2): one line.
   assert "\n" not in str(error.value)
   assert str(error.value).startswith("config.score_vae.prior_checkpoint is empty")
+
+
+def _fake_prior_checkpoint(workdir, method_name, config, params):
+  """A checkpoint as train.py writes it, without training (no compile)."""
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+  state = {"step": np.int32(5), "params": params, "ema_params": params, "model_state": {}}
+  ckpt.save(5, state, {"data_position": 5, "fingerprint": {"method": method_name},
+                       "config": config.to_json_best_effort()})
+  ckpt.close()
+
+
+def test_any_sgm_prior_is_accepted_and_mismatches_are_named(tmp_path):
+  """A plain 'sgm' run is a valid prior (its bare parameter tree is restored as the
+  frozen prior); a prior trained with other model / sde settings, or a CLD model, stops
+  with one line that names config.score_vae.prior_checkpoint and the flags to pass."""
+  method = _method()
+  abstract = jax.eval_shape(method.init_state, jax.random.PRNGKey(0))
+  state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
+  ones = jax.tree.map(lambda a: np.ones(a.shape, a.dtype),
+                      abstract.model_state["prior"]["params"])
+  sgm_config = load_config("score_vae_digits", "encoder_smoke")
+  with sgm_config.unlocked():
+    sgm_config.method = "sgm"
+  good = str(tmp_path / "sgm_prior")
+  _fake_prior_checkpoint(good, "sgm", sgm_config, ones)
+  with method.config.unlocked():
+    method.config.score_vae.prior_checkpoint = good
+  warm = method.warm_start(state)
+  for leaf in jax.tree.leaves(warm.model_state["prior"]["params"]):
+    assert np.all(np.asarray(leaf) == 1.0)
+
+  other = load_config("score_vae_digits", "encoder_smoke")
+  with other.unlocked():
+    other.method = "sgm"
+    other.sde.name = "subvpsde"
+    other.model.ch_mult = (1, 2)
+  bad = str(tmp_path / "other_prior")
+  _fake_prior_checkpoint(bad, "sgm", other, ones)
+  with method.config.unlocked():
+    method.config.score_vae.prior_checkpoint = bad
+  with pytest.raises(checkpoint.CheckpointMismatchError) as error:
+    method.check_warm_start()
+  message = str(error.value)
+  assert "\n" not in message and message.startswith("config.score_vae.prior_checkpoint=")
+  assert "--config.sde.name=subvpsde" in message and "--config.model.ch_mult=(1,2)" in message
+
+  with other.unlocked():
+    other.sde.name = "cld"
+  cld = str(tmp_path / "cld_prior")
+  _fake_prior_checkpoint(cld, "sgm", other, ones)
+  with method.config.unlocked():
+    method.config.score_vae.prior_checkpoint = cld
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="sde.name='cld'"):
+    method.check_warm_start()
+  with method.config.unlocked():
+    method.config.score_vae.prior_checkpoint = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match="config.score_vae.prior_checkpoint="):
+    method.check_warm_start()

@@ -265,8 +265,9 @@ class ScoreVAE(Method):
         a = list(a) if isinstance(a, (list, tuple)) else a
         b = list(b) if isinstance(b, (list, tuple)) else b
         if a != b:
-          differ.append(f"--config.{k}={a!r}".replace("'", "") if not isinstance(a, str)
-                        else f"--config.{k}={a}")
+          if isinstance(a, list):  # ml_collections' tuple syntax, no spaces
+            a = "(" + ",".join(map(str, a)) + ("," if len(a) == 1 else "") + ")"
+          differ.append(f"--config.{k}={a}")
     if differ:
       raise checkpoint.CheckpointMismatchError(
           f"{PRIOR_FIELD}={path!r} holds a prior trained with other settings than this "
@@ -445,7 +446,12 @@ class ScoreVAE(Method):
       info = {k: float(v) for k, v in info.items()}
       info.update({k: float(jnp.mean(v)) for k, v in metrics.items()})
       info["num_images"] = n
-      rows = np.stack([clip(x), clip(recon)])  # originals above reconstructions
+      # Rows of up to 8 originals, each above its reconstructions.
+      cols = min(n, 8)
+      chunks = [(clip(x)[i:i + cols], clip(recon)[i:i + cols]) for i in range(0, n, cols)]
+      pad = lambda a: np.concatenate(  # noqa: E731
+          [a, np.ones((cols - len(a),) + a.shape[1:], a.dtype)]) if len(a) < cols else a
+      rows = np.stack([pad(a) for pair in chunks for a in pair])
       np.savez(os.path.join(out_dir, "reconstruct.npz"), originals=np.asarray(x),
                reconstructions=np.asarray(recon))
     else:
