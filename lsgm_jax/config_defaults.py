@@ -60,6 +60,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   model.skip_rescale = True
   model.init_scale = 0.0
   model.conditional = True  # time-conditional
+  # The network sees 2x - 1 of data in [0, 1] (score_sde's DDPM with data.centered=False;
+  # the ScoreVAE priors). Needs data.centered=False.
+  model.center_input = False
 
   config.sde = sde = ml_collections.ConfigDict()
   sde.name = "vpsde"  # vpsde | subvpsde | vesde | cld
@@ -225,6 +228,53 @@ def get_default_config() -> ml_collections.ConfigDict:
   lv.outpaint_factor = 2  # canvas width / image width
   lv.manipulation_temperature = 1.0  # prior temperature of the new latents
 
+
+  # ScoreVAE (score_vae_paper.txt; method "score_vae"). config.model / config.sde /
+  # config.loss describe the unconditional prior (an "sgm" score model); this section the
+  # encoder, the objective L_beta (paper section 3.5) and the beta-VAE baseline.
+  config.score_vae = sv = ml_collections.ConfigDict()
+  sv.stage = "encoder"  # prior (the sgm method) | encoder (frozen prior) | beta_vae
+  sv.prior_checkpoint = ""  # stage encoder: workdir of the trained prior
+  sv.latent_dim = 384
+  sv.beta = 0.01  # KL weight (paper section 4; the 2024 rewrite uses 1e-3)
+  # log q(z | x_t) of the conditional score: "exact" is the Gaussian log-density with its
+  # -1/2 sum log-variance term (which depends on x_t); "reference" omits that term as the
+  # paper code does (losses.py::get_scoreVAE_loss_fn).
+  sv.log_q = "exact"
+  sv.weighting = "g2"  # g2: 1/2 g(t)^2 (paper, L_beta) | sigma2: 1/2 sigma_t^2 (2024 code)
+  sv.t_eps = 1e-3  # t ~ U(t_eps, 1) (the reference's sampling_eps for VP)
+  # The reference runs the frozen prior in train mode during encoder training (dropout
+  # 0.1 for CIFAR-10); False evaluates it deterministically.
+  sv.prior_dropout = False
+  sv.encoder = enc = ml_collections.ConfigDict()
+  enc.name = "simple"  # simple (time_dependent_simple_encoder) | ddpm (time_dependent_DDPM_encoder)
+  enc.nf = 64  # simple: c_hid; ddpm: nf
+  enc.ch_mult = (1, 1, 2, 2, 3)  # ddpm only
+  enc.num_res_blocks = 2  # ddpm only
+  enc.attn_resolutions = (16,)  # ddpm only
+  enc.dropout = 0.0  # ddpm only
+  # beta_vae: the decoder, mirror (the CIFAR-10 transposed-conv decoder) | ddpm (the
+  # up path of the DDPM U-Net, the CelebA baseline); output through a sigmoid.
+  sv.decoder = "mirror"
+  # Reconstruction / generation: z ~ q(z | x_0) ("sample") or its mean ("mean"); the
+  # conditional reverse SDE by config.sampling.method, where "euler_maruyama" with
+  # em_grid="reference" is the reference's loop (1000 points linspace(1, eps), step
+  # (1 - eps) / N, the last step's mean returned) and "library" is samplers.euler_maruyama.
+  sv.posterior = "sample"
+  sv.em_grid = "reference"
+  # --mode=sample task: generate (z ~ N(0, I)) | reconstruct | interpolate.
+  sv.task = "reconstruct"
+  sv.num_images = 16  # reconstruct: held-out images shown
+  sv.interpolate_pairs = 4
+  sv.interpolate_steps = 7
+  # --mode=eval: reconstruct held-out images and report L2 (mean per-image Euclidean
+  # norm on [0, 1]) and, with lpips_weights_path, LPIPS.
+  sv.eval_reconstruct = True
+  sv.lpips_weights_path = ""  # npz, layout in lsgm_jax/models/perceptual.py
+  sv.lpips_size = 0  # resize (bilinear) to this side before LPIPS; 0 = native
+  # LPIPS input: "correct" maps [0, 1] images to [-1, 1]; "reference" feeds [0, 1] images
+  # as the paper code did (lpips.LPIPS expects [-1, 1]).
+  sv.lpips_input = "correct"
 
   # LSGM (NVlabs/LSGM train_vae.py / train_vada.py flags; used by method "lsgm").
   config.lsgm = lsgm = ml_collections.ConfigDict()
@@ -442,4 +492,40 @@ def get_lsgm_config(stage: str, steps_per_epoch: int, epochs: int,
   config.sampling.denoise = False
   config.eval.ode_rtol = 1e-5
   config.eval.ode_atol = 1e-5
+  return config
+
+
+def get_score_vae_config(stage: str) -> ml_collections.ConfigDict:
+  """Defaults shared by the ScoreVAE configs (score_vae_paper.txt appendix B; paper code
+  conditional_score_diffusion@b188acd3, configs/scoreVAE/paper/pretrained/).
+
+  Prior (stage ``prior``, the sgm method): VP SDE beta 0.1..20, DDPM U-Net seeing 2x - 1
+  of [0, 1] data, time input 999 t, DSM with the "simple" weighting lambda = sigma^2
+  (``loss.weighting="none"``), Adam, clipping 1, EMA 0.9999. Encoder (stage ``encoder``):
+  L_beta with beta 0.01, t ~ U(1e-3, 1), Adam, clipping 1, EMA 0.9999. Reconstruction:
+  conditional Euler-Maruyama, 1000 steps to 1e-3, the last mean returned.
+  """
+  config = get_default_config()
+  config.method = "score_vae"
+  config.score_vae.stage = stage
+  config.data.centered = False  # the paper code's data.centered = False: x in [0, 1]
+  config.data.dequantize = False
+  config.sde.name = "vpsde"
+  config.sde.beta_min = 0.1
+  config.sde.beta_max = 20.0
+  config.model.name = "unet"
+  config.model.center_input = True
+  config.loss.weighting = "none"  # lambda(t) = sigma_t^2 (appendix B.1, "simple")
+  config.loss.eps = 1e-5
+  config.optim.optimizer = "adam"
+  config.optim.grad_clip = 1.0
+  config.optim.schedule = "constant"  # linear warm-up then constant (LambdaLR)
+  config.training.ema_decay = 0.9999
+  config.score_vae.beta = 0.01
+  config.score_vae.t_eps = 1e-3
+  config.sampling.method = "euler_maruyama"
+  config.sampling.num_steps = 1000
+  config.sampling.eps = 1e-3
+  config.sampling.denoise = True
+  config.score_vae.em_grid = "reference"
   return config

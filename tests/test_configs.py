@@ -37,6 +37,13 @@ PINNED_COUNTS = {
     ("lsgm_cifar", "best_nll"): {"vae": 130_622_772, "score": 375_561_064},
     ("lsgm_mnist", "vae"): {"vae": 3_005_822},
     ("lsgm_mnist", "lsgm"): {"vae": 3_005_822, "score": 63_774_544},
+    # ScoreVAE (REFERENCE_NOTES.md, "ScoreVAE"): DDPM U-Net priors, time-dependent
+    # encoders, and the CIFAR-10 beta-VAE (1,981,376 + 1,196,099 = 3,177,475).
+    ("score_vae_cifar10", "prior"): {"prior": 57_633_027},
+    ("score_vae_cifar10", "encoder"): {"encoder": 1_982_144},
+    ("score_vae_cifar10", "beta_vae"): {"encoder": 1_981_376, "decoder": 1_196_099},
+    ("score_vae_celeba64", "prior"): {"prior": 51_912_195},
+    ("score_vae_celeba64", "encoder"): {"encoder": 26_722_944},
 }
 
 

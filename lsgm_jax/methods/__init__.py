@@ -9,10 +9,12 @@ from lsgm_jax.methods.base import Method
 from lsgm_jax.methods.latent_vae import LatentVAE
 from lsgm_jax.methods.lsgm import LSGM
 from lsgm_jax.methods.noise_classifier import NoiseClassifier
+from lsgm_jax.methods.score_vae import ScoreVAE
 from lsgm_jax.methods.sgm import SGM
 
-METHODS: dict[str, type[Method]] = {"autoencoder": Autoencoder, "sgm": SGM, "latent_vae": LatentVAE, "lsgm": LSGM,
-                                    "noise_classifier": NoiseClassifier}
+METHODS: dict[str, type[Method]] = {
+    "autoencoder": Autoencoder, "sgm": SGM, "latent_vae": LatentVAE, "lsgm": LSGM,
+    "noise_classifier": NoiseClassifier, "score_vae": ScoreVAE}
 
 
 def build_method(config: ml_collections.ConfigDict, data_info) -> Method:

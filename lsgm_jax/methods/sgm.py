@@ -68,6 +68,10 @@ class SGM(Method):
                        f"{objectives} for config.sde.name={config.sde.name!r}")
     if config.model.mixed_score and not self.is_cld:
       raise ValueError("config.model.mixed_score=True needs config.sde.name='cld'")
+    self.center_input = bool(config.model.center_input)
+    if self.center_input and (self.is_cld or config.data.centered):
+      raise ValueError("config.model.center_input=True (the network sees 2x - 1) needs data "
+                       "in [0, 1] (config.data.centered=False) and a scalar SDE")
     self.shape = tuple(data_info.shape)
     channels = self.shape[-1]
     net_in_shape = self.shape[:-1] + (2 * channels,) if self.is_cld else self.shape
@@ -94,6 +98,8 @@ class SGM(Method):
     rngs = {"dropout": rng} if rng is not None else {}
 
     def net(x, t):
+      if self.center_input:  # score_sde DDPM, data.centered=False: the net sees 2x - 1
+        x = 2.0 * x - 1.0
       out = self.model.apply({"params": params, **model_state}, x, t, train=train, rngs=rngs)
       return out.astype(jnp.float32)
 
