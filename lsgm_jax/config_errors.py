@@ -76,7 +76,7 @@ def _parse_like(current: Any, text: str) -> tuple[bool, str]:
       return False, f"{text!r} is not a {kind} literal such as (1, 2)"
     return isinstance(value, (tuple, list, int, float, str)), f"{text!r} is not a {kind}"
   if hasattr(current, "keys"):
-    return False, f"config.{{}} is a section, not a value; set one of its fields"
+    return False, "config.{} is a section, not a value; set one of its fields"
   return True, ""
 
 

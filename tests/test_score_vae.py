@@ -9,7 +9,6 @@ Parameter counts of the paper models are pinned in tests/test_configs.py (PINNED
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import jax

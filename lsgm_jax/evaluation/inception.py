@@ -28,7 +28,7 @@ normalise with ``"torch"`` (x / 255 * 2 - 1) or ``"tf"`` ((x - 128) / 128).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
