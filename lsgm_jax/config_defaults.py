@@ -168,6 +168,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   # samples | reconstructions (of fid_split, first fid_num_samples images: autoencoder
   # rFID, keys recon_fid50k, ...)
   ev.fid_source = "samples"
+  # Reconstruction metrics of --mode=eval for the autoencoder family: LPIPS with this npz
+  # (VGG16 or AlexNet layout of models/perceptual.py; evaluation/lpips_weights.py converts
+  # the published .pth files); "" = L1 / L2 / MSE / PSNR only.
+  ev.lpips_weights_path = ""
+  ev.lpips_size = 0  # resize (bilinear) to this side before LPIPS; 0 = native
 
   config.checkpoint = ckpt = ml_collections.ConfigDict()
   ckpt.every_steps = 1000  # the "recent" set

@@ -467,9 +467,12 @@ def test_one_backward_pass_trains_both_players(tmp_path):
   assert max(jax.tree.leaves(diff)) > 0
 
 
-def test_two_optimizers_and_eval_terms():
+def test_two_optimizers_and_eval_terms(tmp_path):
+  lpips_path = str(tmp_path / "lpips.npz")
+  _write_perceptual(lpips_path)
   config = tiny_config(**{"autoencoder.disc_lr": 5e-3,
-                          "autoencoder.adaptive_disc_weight": False})
+                          "autoencoder.adaptive_disc_weight": False,
+                          "eval.lpips_weights_path": lpips_path})
   method = methods.build_method(config, data.dataset_info(config.data))
   abstract = jax.eval_shape(method.init_state, jax.random.PRNGKey(0))
   # multi_transform: one inner state per group.
@@ -491,9 +494,10 @@ def test_two_optimizers_and_eval_terms():
     terms = method.eval_terms(new.params, new.model_state, dict(batch, mask=jnp.ones(16)),
                               None)
     images, info = method.generate(new.params, new.model_state, _key(3), 4)
-    return new, metrics, terms, images, info
+    recon = method.model.apply({"params": new.params["autoencoder"]}, batch["x"])[0]
+    return new, metrics, terms, images, info, recon
 
-  new, metrics, terms, images, info = run(state)
+  new, metrics, terms, images, info, recon = run(state)
   for group in ("autoencoder", "discriminator"):
     moved = [float(jnp.abs(a - b).max()) for a, b in zip(
         jax.tree.leaves(new.params[group]), jax.tree.leaves(state.params[group]))]
@@ -505,9 +509,18 @@ def test_two_optimizers_and_eval_terms():
                     - state.params["autoencoder"]["decoder"]["conv_out"]["kernel"]).max()
   assert 2e-3 < disc_step <= 5.1e-3 and dec_step <= 2.1e-4
   assert float(metrics["adversarial/on"]) == 1.0 and np.isfinite(float(metrics["loss"]))
-  assert set(terms) == {"l1", "mse", "psnr", "kl"}
+  assert set(terms) == {"l1", "mse", "psnr", "kl", "l2_unit", "lpips"}
   np.testing.assert_allclose(terms["psnr"], 10 * np.log10(4.0 / np.asarray(terms["mse"])),
                              rtol=1e-5)
+  # eval.lpips_weights_path: LPIPS and the L2 norm on [0, 1] images (recon clipped).
+  from lsgm_jax.evaluation import reconstruction
+  unit = lambda a: (np.clip(np.asarray(a), -1, 1) + 1) / 2
+  np.testing.assert_allclose(
+      terms["lpips"], reconstruction.lpips(load_perceptual_net(lpips_path),
+                                           unit(batch["x"]), unit(recon)), rtol=1e-5)
+  np.testing.assert_allclose(
+      terms["l2_unit"], np.linalg.norm((unit(batch["x"]) - unit(recon)).reshape(16, -1),
+                                       axis=1), rtol=1e-5)
   assert images.shape == (4, 8, 8, 1) and float(info["prior_decodes"]) == 1.0
 
 

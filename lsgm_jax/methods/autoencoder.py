@@ -258,9 +258,25 @@ class Autoencoder(Method):
     del model_state, rng
     x = batch["x"]
     recon, mean, logvar = self.model.apply({"params": params["autoencoder"]}, x)
-    return {"l1": losses.l1_loss(x, recon), "mse": losses.mse(x, recon),
-            "psnr": losses.psnr(x, recon, self.data_range),
-            "kl": losses.gaussian_kl(mean, logvar)}
+    terms = {"l1": losses.l1_loss(x, recon), "mse": losses.mse(x, recon),
+             "psnr": losses.psnr(x, recon, self.data_range),
+             "kl": losses.gaussian_kl(mean, logvar)}
+    if self.eval_lpips is not None:  # on [0, 1] images (issue 11 item 8)
+      from lsgm_jax.evaluation import reconstruction  # pylint: disable=g-import-not-at-top
+      unit = lambda a: (jnp.clip(self._images(a), -1.0, 1.0) + 1.0) / 2.0
+      metrics = reconstruction.reconstruction_metrics(
+          unit(x), unit(recon), self.eval_lpips, size=int(self.config.eval.lpips_size))
+      terms.update(l2_unit=metrics["l2"], lpips=metrics["lpips"])
+    return terms
+
+  @functools.cached_property
+  def eval_lpips(self):
+    """The LPIPS network of ``config.eval.lpips_weights_path`` (None if unset)."""
+    path = self.config.eval.lpips_weights_path
+    if not path:
+      return None
+    from lsgm_jax.evaluation import reconstruction  # pylint: disable=g-import-not-at-top
+    return reconstruction.load_lpips(path, "config.eval.lpips_weights_path")
 
   def reconstruct(self, state, x, rng):
     """Decoded posterior means (as ``eval_terms``): what reconstruction FID scores."""

@@ -395,7 +395,7 @@ class ScoreVAE(Method):
     from lsgm_jax.evaluation import reconstruction
     sv = self.config.score_vae
     x_unit, r_unit = self.to_unit(x), jnp.clip(self.to_unit(recon), 0.0, 1.0)
-    terms = {"l2": sv_obj.per_image_l2(x_unit, r_unit)}
+    terms = reconstruction.reconstruction_metrics(x_unit, r_unit)  # l2, mse, psnr
     if self.lpips_net is not None:
       lp = functools.partial(reconstruction.lpips, self.lpips_net, x_unit, r_unit,
                              size=int(sv.lpips_size))
