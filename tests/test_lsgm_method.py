@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 
 import jax
@@ -218,7 +219,7 @@ def test_nelbo_path_against_closed_form(exact_prior_vada):
 
 
 def test_two_stages_end_to_end(tmp_path):
-  """Stage 1 trains; stage 2 loads it (VAE params equal), trains, resumes without
+  """Stage 1 trains; stage 2 loads it (VAE params equal), trains, resumes exactly without
   stage 1 on disk; a wrong stage-1 path is one clear error line."""
   stage1, stage2 = str(tmp_path / "vae"), str(tmp_path / "lsgm")
   one = jax.devices()[:1]  # the multi-device paths are tested in test_train.py
@@ -230,23 +231,29 @@ def test_two_stages_end_to_end(tmp_path):
   train.train(config1, stage1, devices=one)
   with config2.unlocked():
     config2.lsgm.vae_checkpoint = stage1
-  state2 = train.train(config2, stage2, devices=one)
-  assert int(state2.step) == 2
+    config2.training.num_train_steps = 3
+    config2.checkpoint.every_steps = 1  # steps 1, 2, 3 kept: the resume below uses 2
+  state2 = jax.device_get(train.train(config2, stage2, devices=one))
+  assert int(state2.step) == 3
   s1 = train.Experiment(config1, stage1, devices=one).restore_for_inference()[0]
-  # Stage 2 started from the stage-1 VAE: each of its 2 AdamW steps moves a parameter by
+  # Stage 2 started from the stage-1 VAE: each of its 3 AdamW steps moves a parameter by
   # at most ~lr (Adam's normalised step is <= ~1; decoupled decay lr * 3e-4 * |w|).
-  # A stage 2 that ignored the checkpoint is its own fresh init plus those 2 steps.
+  # A stage 2 that ignored the checkpoint is its own fresh init plus those 3 steps.
   flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
   a, b = flat(s1.params["vae"]), flat(state2.params["vae"])
-  step_bound = 2 * 2.0 * config2.optim.lr
+  step_bound = 3 * 2.0 * config2.optim.lr
   assert np.max(np.abs(a - b)) < step_bound
   # The EMA (stage 1 keeps none: its EMA is its params) was loaded too: decay 0.999.
   assert np.max(np.abs(flat(state2.ema_params["vae"]) - a)) < step_bound
-  # Resume: stage 1 may be gone, the workdir's own checkpoint is used.
+  # Resume (the same program: a compilation-cache hit): stage 1 may be gone, the
+  # workdir's own step-2 checkpoint is used and step 3 is redone bit for bit.
   shutil.rmtree(stage1)
-  with config2.unlocked():
-    config2.training.num_train_steps = 3
-  assert int(train.train(config2, stage2, devices=one).step) == 3
+  shutil.rmtree(os.path.join(stage2, "checkpoints", "3"))
+  resumed = jax.device_get(train.train(config2, stage2, devices=one))
+  assert int(resumed.step) == 3
+  for x, y in zip(jax.tree.leaves((state2.params, state2.ema_params, state2.opt_state)),
+                  jax.tree.leaves((resumed.params, resumed.ema_params, resumed.opt_state))):
+    np.testing.assert_array_equal(x, y)
   # Wrong path: a clear error naming the field, raised before anything compiles (main.py
   # prints it as one "lsgm_jax: error:" line, exit 2, as every FileNotFoundError).
   with config2.unlocked():
