@@ -94,6 +94,8 @@ def nfe_table(samples: int) -> None:
       ("heun", "EDM Heun (rho=7)", {}, ("VP", "sub-VP", "VE"), True, 2),
       ("dpm_solver_pp", "DPM-Solver++(2M) logSNR", dict(schedule="logSNR"),
        ("VP", "sub-VP", "VE"), True, 1),
+      ("dpm_solver_pp", "DPM-Solver++(3M) logSNR", dict(schedule="logSNR", order=3),
+       ("VP", "sub-VP", "VE"), True, 1),
       ("dpm_solver_pp", "DPM-Solver++(2M) time_uniform", dict(schedule="time_uniform"),
        ("VP", "sub-VP"), True, 1),
       ("sscs", "SSCS (order 1), quadratic", dict(striding="quadratic"), ("CLD",), False, 1),

@@ -128,6 +128,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   sampling.heun_s_tmax = float("inf")
   sampling.heun_s_noise = 1.0
   sampling.dpm_schedule = "logSNR"  # dpm_solver_pp: logSNR | time_uniform | time_quadratic | karras
+  sampling.dpm_order = 2  # dpm_solver_pp: 2 (2M) | 3 (3M; better from NFE ~20, BENCHMARKS.md)
   sampling.sscs_order = 1  # sscs: 1 the CLD paper's, 2 Heun on the score part
   # Classifier guidance (issue 13): a method="noise_classifier" workdir trained on the same
   # SDE; the score becomes s + guidance_scale * grad log p_t(y | x) for every sampler.

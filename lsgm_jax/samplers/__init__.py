@@ -61,6 +61,7 @@ def sampler_options(sampling: Any, eps: float) -> dict[str, Any]:
                    s_noise=float(sampling.heun_s_noise))
   elif name == "dpm_solver_pp":
     options["schedule"] = str(sampling.dpm_schedule)
+    options["order"] = int(sampling.dpm_order)
   elif name == "sscs":
     options["order"] = int(sampling.sscs_order)
   return options
