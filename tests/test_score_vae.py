@@ -271,6 +271,12 @@ def test_three_stages_end_to_end(tmp_path):
                               ** 2, axis=(1, 2, 3))))
   assert info["l2"] == pytest.approx(l2, rel=1e-5)
   assert json.load(open(os.path.join(out, "info.json")))["nfe"] == 4
+  # Method.reconstruct(state, x, rng), as reconstruction FID calls it, traces to images
+  # of x's shape (it once had ScoreVAE's own (params, model_state, ...) signature).
+  method = methods.build_method(c_enc, data.dataset_info(c_enc.data))
+  x_abstract = jax.ShapeDtypeStruct((4, 8, 8, 1), jnp.float32)
+  out_abstract = jax.eval_shape(method.reconstruct, state, x_abstract, jax.random.PRNGKey(0))
+  assert out_abstract.shape == (4, 8, 8, 1)
 
   c_vae = load_config("score_vae_digits", "beta_vae_smoke")
   train.train(c_vae, vae_dir, devices=one)

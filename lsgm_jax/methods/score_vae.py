@@ -362,9 +362,18 @@ class ScoreVAE(Method):
       return mean
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
 
-  def reconstruct(self, params: PyTree, model_state: PyTree, x: jax.Array, rng: jax.Array
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Reconstructions of data-space images ``x`` (paper Figure 1)."""
+  def reconstruct(self, state: TrainState, x: jax.Array, rng: jax.Array) -> jax.Array:
+    """``Method.reconstruct``: reconstructions of ``x`` with the EMA params, clipped to
+    the data range (reconstruction FID, ``eval.fid_source='reconstructions'``)."""
+    if self.stage == "prior":
+      return super().reconstruct(state, x, rng)
+    recon, _ = self.reconstruct_with_info(state.ema_params, state.model_state, x, rng)
+    return jnp.clip(recon, *((-1.0, 1.0) if self.centered else (0.0, 1.0)))
+
+  def reconstruct_with_info(self, params: PyTree, model_state: PyTree, x: jax.Array,
+                            rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Reconstructions of data-space images ``x`` (paper Figure 1) and the decoder's
+    info (NFE)."""
     z_rng, sde_rng = jax.random.split(rng)
     return self.decode_latent(params, model_state, self.encode_posterior(params, x, z_rng),
                               sde_rng)
@@ -418,7 +427,7 @@ class ScoreVAE(Method):
           self.encode_fn(params["encoder"]), x, beta=float(sv.beta),
           exact=sv.log_q == "exact", weighting=sv.weighting, t_eps=float(sv.t_eps))
     if sv.eval_reconstruct:
-      recon, _ = self.reconstruct(params, model_state, x, rec_rng)
+      recon, _ = self.reconstruct_with_info(params, model_state, x, rec_rng)
       terms.update(self.reconstruction_metrics(x, recon))
     return terms
 
@@ -441,7 +450,7 @@ class ScoreVAE(Method):
     os.makedirs(out_dir, exist_ok=True)
     clip = (lambda a: np.clip(np.asarray(self.to_unit(a)), 0.0, 1.0))
     if task == "reconstruct":
-      recon, info = jax.jit(self.reconstruct)(params, model_state, x, rng)
+      recon, info = jax.jit(self.reconstruct_with_info)(params, model_state, x, rng)
       metrics = jax.jit(self.reconstruction_metrics)(x, recon)
       info = {k: float(v) for k, v in info.items()}
       info.update({k: float(jnp.mean(v)) for k, v in metrics.items()})
