@@ -1,8 +1,10 @@
 """The one training loop for every family: mesh, sharded jit step, checkpoints, logging,
 preemption; plus evaluation and sampling from a checkpoint.
 
-Resume order (``train``): this workdir's latest checkpoint, else a fresh init from
-``config.seed``. The data iterator restarts at the saved position, so a resumed run sees
+Resume order (``train``): this workdir's newest readable checkpoint (an unreadable one is
+moved aside to ``<step>.damaged`` and the next older tried), else a fresh init from
+``config.seed`` warm-started from the earlier stage's checkpoint when the family has one
+(docs/ARCHITECTURE.md, "The training loop"). The data iterator restarts at the saved position, so a resumed run sees
 exactly the batches an uninterrupted run would have seen.
 """
 
