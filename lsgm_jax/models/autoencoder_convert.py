@@ -57,13 +57,17 @@ class CheckpointFormatError(ValueError):
 
 
 class _Opaque:
-  """Stands in for any class the restricted unpickler does not know (never called)."""
+  """Stands in for any class the restricted unpickler does not know (never called).
+
+  Its pickled state is kept as plain data (``pickled_state``), so that e.g. the argparse
+  Namespace a training script stored (LSGM's ``args``) can be read; nothing runs.
+  """
 
   def __init__(self, *args, **kwargs):
     del args, kwargs
 
   def __setstate__(self, state):
-    del state
+    self.pickled_state = state
 
 
 class _LazyStorage:
