@@ -25,83 +25,12 @@ from absl import logging
 
 from lsgm_jax import data, parallel
 from lsgm_jax.data import latents as latents_data
+# Loading a first stage for decoding lives below, in methods.first_stage (the latent
+# families use it); decode_latents / load_first_stage stay importable from here.
+from lsgm_jax.methods.first_stage import (  # noqa: F401
+    _first_stage_params, _has_checkpoint, decode_latents, load_first_stage)
 
 PyTree = Any
-
-
-def _saved_config(workdir: str) -> ml_collections.ConfigDict | None:
-  """The config an autoencoder workdir was trained with (checkpoint metadata)."""
-  from lsgm_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  try:
-    meta = checkpoint.load_stage(workdir, "autoencoder")["meta"]
-  except FileNotFoundError:
-    return None
-  saved = meta.get("config")
-  return ml_collections.ConfigDict(json.loads(saved)) if saved else None
-
-
-def _first_stage_params(workdir_or_path: str, config: ml_collections.ConfigDict,
-                        image_shape: tuple[int, ...]):
-  from lsgm_jax.methods.autoencoder import (  # pylint: disable=g-import-not-at-top
-      autoencoder_config, load_autoencoder_params)
-  from lsgm_jax.models.autoencoder import AutoencoderKL  # pylint: disable=g-import-not-at-top
-  ae_config = autoencoder_config(config, image_shape)
-  return AutoencoderKL(ae_config), load_autoencoder_params(workdir_or_path, ae_config)
-
-
-def _has_checkpoint(workdir: str) -> bool:
-  directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
-
-
-def load_first_stage(workdir_or_path: str, config: ml_collections.ConfigDict
-                     ) -> tuple[Any, PyTree, np.ndarray, np.ndarray]:
-  """The first stage for decoding latents: ``(module, params, shift, scale)``.
-
-  Args:
-    workdir_or_path: an autoencoder workdir (its latest checkpoint's EMA params; the
-      architecture and image shape come from the config saved with it), or an LDM
-      checkpoint file (converted with ``config.autoencoder``'s architecture, 3-channel
-      images of ``config.autoencoder``'s preset resolution).
-    config: the caller's config; its ``autoencoder`` section describes the architecture
-      when the workdir has no saved config or a file is given; ``data.latents_dir``
-      (when ``data.name="latents"``) says where shift and scale are, else
-      ``<workdir>/latents``.
-
-  Returns:
-    ``module`` (``models.autoencoder.AutoencoderKL``), its ``params``, and float32
-    ``shift``, ``scale`` of shape ``[C]``. Images from normalised latents z:
-    ``module.apply({"params": params}, z * scale + shift, method=module.decode)``
-    (``decode_latents`` does exactly this).
-
-  Raises:
-    FileNotFoundError: no checkpoint / file, or no stored latents (names the command).
-  """
-  if os.path.isfile(workdir_or_path):
-    ae = config.autoencoder
-    size = ae.preset and 256 or int(config.data.image_size) or 256
-    module, params = _first_stage_params(workdir_or_path, config, (size, size, 3))
-    latents_dir = config.data.latents_dir
-  else:
-    saved = _saved_config(workdir_or_path) or config
-    shape = tuple(data.dataset_info(saved.data).shape)
-    module, params = _first_stage_params(workdir_or_path, saved, shape)
-    latents_dir = os.path.join(workdir_or_path, "latents")
-    if config.data.name == "latents" and config.data.latents_dir:
-      latents_dir = config.data.latents_dir
-  if not latents_dir:
-    raise FileNotFoundError(
-        "load_first_stage: set config.data.latents_dir to the folder --mode=encode wrote "
-        "(for the shift and scale of the latents)")
-  train = latents_data.load_split(latents_dir, "train")
-  return (module, params, np.asarray(train["shift"], np.float32),
-          np.asarray(train["scale"], np.float32))
-
-
-def decode_latents(module, params: PyTree, shift: np.ndarray, scale: np.ndarray,
-                   z: jax.Array) -> jax.Array:
-  """Images from normalised latents ``[B, h, w, C]``: un-normalise, then decode."""
-  return module.apply({"params": params}, z * scale + shift, method=module.decode)
 
 
 def latent_statistics(z: np.ndarray, how: str, chunk: int = 4096

@@ -176,9 +176,9 @@ def build_info(cfg: DataConfig) -> DatasetInfo:
   """``DatasetInfo`` for a validated config (see ``lsgm_jax.data.dataset_info``)."""
   if cfg.is_toy:
     return DatasetInfo(cfg.name, (2,), 0, True, None, cfg.num_toy_eval, (-1.0, 1.0), 0)
-  if cfg.name == "latents":
-    from lsgm_jax.data import latents  # pylint: disable=g-import-not-at-top
-    return latents.dataset_info(cfg)
+  if cfg.name == "latents":  # the shape lives with the stored latents
+    raise ValueError("build_info: data.name='latents' is described by "
+                     "lsgm_jax.data.latents.dataset_info (use lsgm_jax.data.dataset_info)")
   size = cfg.pad_to or cfg.resolved_image_size
   data_range = (-1.0, 1.0) if cfg.centered else (0.0, 1.0)
   if cfg.name == "digits":

@@ -26,7 +26,11 @@ def dataset_info(data_config: Any) -> DatasetInfo:
   Returns:
     The ``DatasetInfo``.
   """
-  return build_info(as_data_config(data_config))
+  cfg = as_data_config(data_config)
+  if cfg.name == "latents":
+    from lsgm_jax.data import latents  # pylint: disable=g-import-not-at-top
+    return latents.dataset_info(cfg)
+  return build_info(cfg)
 
 
 def make_train_iterator(data_config: Any, *, global_batch_size: int, seed: int,

@@ -256,11 +256,11 @@ class LatentVAE(Method):
     if not path:
       return None
     if self._first_stage is None:
-      from lsgm_jax import encode_latents  # the autoencoder family's module
+      from lsgm_jax.methods import first_stage  # pylint: disable=g-import-not-at-top
       # Loaded on first use, which is usually inside the jitted sampler: read the
       # checkpoint eagerly, not as part of the trace.
       with jax.ensure_compile_time_eval():
-        self._first_stage = encode_latents.load_first_stage(path, self.config)
+        self._first_stage = first_stage.load_first_stage(path, self.config)
     return self._first_stage
 
   def decode(self, latents: jax.Array) -> jax.Array:
@@ -268,8 +268,8 @@ class LatentVAE(Method):
     stage = self.first_stage
     if stage is None:
       return latents
-    from lsgm_jax import encode_latents
-    return encode_latents.decode_latents(*stage, latents)
+    from lsgm_jax.methods import first_stage  # pylint: disable=g-import-not-at-top
+    return first_stage.decode_latents(*stage, latents)
 
   def generate(self, params, model_state, rng, num):
     samples = self.decode(self.sample_latents({"params": params, **model_state}, rng, num))
