@@ -180,6 +180,10 @@ def get_default_config() -> ml_collections.ConfigDict:
   ckpt.keep = 3
   ckpt.permanent_every_steps = 0  # the "permanent" set, never deleted; 0 = none
   ckpt.async_save = True
+  # --mode=import: a reference's released file and its format (checkpoint_import.FORMATS:
+  # cld_sgm, score_sde, lsgm, latent_vae_jax, score_vae); written as step <file's step>.
+  ckpt.import_path = ""
+  ckpt.import_format = ""
 
   config.parallel = par = ml_collections.ConfigDict()
   # Mesh axis sizes; -1 takes all remaining devices. The batch is split over both axes;

@@ -1,5 +1,5 @@
 """Entry point: ``python -m lsgm_jax.main --config=configs/X.py[:variant] --workdir=DIR
---mode=train|eval|sample [--config.a.b=value ...]``.
+--mode=train|eval|sample|import [--config.a.b=value ...]``.
 
 Thin on purpose: flags, distributed init, the process layout, then ``lsgm_jax.train``.
 A bad config field, a missing dataset, a wrong checkpoint or a busy workdir exits with
@@ -34,6 +34,7 @@ class Mode(enum.Enum):
   SAMPLE = "sample"
   ENCODE = "encode"  # first stage: write <workdir>/latents (lsgm_jax.encode_latents)
   FID_STATS = "fid_stats"  # reference statistics of config.eval.fid_split (evaluation)
+  IMPORT = "import"  # a reference's released checkpoint -> <workdir>/checkpoints (issue 12)
 
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -119,6 +120,9 @@ def run(config, workdir: str, mode: Mode, output_dir: str = ""):
   if mode is Mode.ENCODE:
     from lsgm_jax import encode_latents
     return encode_latents.encode(config, workdir)
+  if mode is Mode.IMPORT:
+    from lsgm_jax.checkpoint_import import driver
+    return driver.import_checkpoint(config, workdir)
   if mode is Mode.FID_STATS:
     from lsgm_jax.evaluation import sample_quality
     return sample_quality.compute_reference_stats(config, workdir)

@@ -45,7 +45,8 @@ def test_mlp_forward(time_input, dtype):
   x = _normal((5, 2), seed=1)
   t = jnp.linspace(0.01, 1.0, 5)
   variables = model.init(jax.random.PRNGKey(0), x, t)
-  assert set(variables) == {"params"}
+  # Fourier frequencies are non-trainable model state (layers.FOURIER_COLLECTION).
+  assert set(variables) == ({"params", "constants"} if time_input == "fourier" else {"params"})
   out = model.apply(variables, x, t, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
   assert out.shape == (5, 2) and out.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(out)))
@@ -140,14 +141,20 @@ def test_group_count_adapts_to_small_channels():
 
 def test_fourier_frequencies_are_fixed_constants():
   """The NCSN++ Fourier features are [sin(2 pi t W), cos(2 pi t W)] with W pinned here
-  (16 N(0, 1) draws of NumPy seed 0 times scale 16). If the frequencies move into the
-  model state (for importing reference checkpoints), pin them there instead."""
+  (16 N(0, 1) draws of NumPy seed 0 times scale 16). W is the non-trainable variable
+  ``constants/W`` (model state, so ``--mode=import`` can set the reference's), never a
+  param; without that collection the module uses the same seed constants."""
   proj = layers.GaussianFourierProjection(embedding_size=8, scale=16.0)
   variables = proj.init(jax.random.PRNGKey(0), jnp.ones((2,)))
-  assert not jax.tree.leaves(variables)  # nothing trainable, nothing stored
+  assert set(variables) == {"constants"}  # nothing trainable
   pinned_w = np.array([28.224838, 6.4025154, 15.659808, 35.85429, 29.880928, -15.636446,
                        15.201415, -2.4217153], np.float64)
   np.testing.assert_allclose(proj.frequencies(), pinned_w, rtol=1e-6)
+  np.testing.assert_allclose(variables["constants"]["W"], pinned_w, rtol=1e-6)
+  np.testing.assert_array_equal(proj.apply({}, jnp.array([0.3])),
+                                proj.apply(variables, jnp.array([0.3])))
+  moved = proj.apply({"constants": {"W": jnp.full((8,), 0.25)}}, jnp.array([1.0]))
+  np.testing.assert_allclose(moved[0], [1.0] * 8 + [0.0] * 8, atol=1e-6)  # sin/cos(pi/2)
   emb = np.asarray(proj.apply(variables, jnp.array([0.0, 0.5])), np.float64)
   assert emb.shape == (2, 16)
   np.testing.assert_allclose(emb[0], [0.0] * 8 + [1.0] * 8, atol=1e-6)
@@ -222,11 +229,12 @@ def test_unet_out_channels_and_bf16_shapes():
 
 def test_cld_ncsnpp_cifar10_param_count():
   # CLD-SGM default_cifar10.txt + specific_cifar10.txt (REFERENCE_NOTES.md); the 128 fixed
-  # Fourier frequencies are a constant, not a parameter.
+  # Fourier frequencies are non-trainable model state (constants/fourier/W), not params.
   model = NCSNpp(**cld_cifar10_config())
   x, t = jnp.zeros((1, 32, 32, 6)), jnp.ones((1,))
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t))
-  assert set(shapes) == {"params"}
+  assert set(shapes) == {"params", "constants"}
+  assert shapes["constants"]["fourier"]["W"].shape == (128,)
   assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes["params"])) == 107_593_859
   assert sum("attn" in name for name in shapes["params"]) == 10  # 8 down + 1 up + 1 middle
 

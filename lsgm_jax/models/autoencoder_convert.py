@@ -96,6 +96,12 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
   if not size:
     return np.array(storage[offset])
   itemsize = storage.dtype.itemsize
+  if 0 in size:
+    return np.zeros(tuple(size), storage.dtype)
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+  if offset < 0 or min(stride) < 0 or last >= storage.shape[0]:  # never read past it
+    raise CheckpointFormatError(
+        f"tensor of shape {tuple(size)} reaches past its storage of {storage.shape[0]}")
   view = np.lib.stride_tricks.as_strided(
       storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride))
   return np.array(view)
@@ -141,8 +147,38 @@ class _TorchUnpickler(pickle.Unpickler):
     return self._read_storage(key, dtype, int(numel))
 
 
+def _member_array(path: str, archive: zipfile.ZipFile, name: str, dtype) -> np.ndarray:
+  """The raw little-endian array of zip member ``name``, memory-mapped when stored
+  uncompressed (``torch.save`` always stores): nothing is read until a tensor copies
+  its slice, so a multi-GiB checkpoint is never held twice."""
+  dtype = np.dtype(dtype).newbyteorder("<")
+  try:
+    info = archive.getinfo(name)
+  except KeyError:
+    raise CheckpointFormatError(f"{path}: storage {name} is missing") from None
+  if info.compress_type != zipfile.ZIP_STORED or info.file_size % dtype.itemsize:
+    return np.frombuffer(archive.read(name), dtype=dtype)
+  with open(path, "rb") as f:  # the local header: 30 bytes, then its own name + extra
+    f.seek(info.header_offset)
+    header = f.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+      raise CheckpointFormatError(f"{path}: damaged zip entry {name}")
+    start = (info.header_offset + 30 + int.from_bytes(header[26:28], "little")
+             + int.from_bytes(header[28:30], "little"))
+    f.seek(0, 2)
+    if start + info.file_size > f.tell():
+      raise CheckpointFormatError(f"{path}: truncated (storage {name})")
+  if info.file_size == 0:
+    return np.zeros((0,), dtype)
+  return np.memmap(path, dtype=dtype, mode="r", offset=start,
+                   shape=(info.file_size // dtype.itemsize,))
+
+
 def read_torch_zip(path: str) -> Any:
-  """The object that ``torch.save`` wrote to ``path`` (zip format), tensors as numpy."""
+  """The object that ``torch.save`` wrote to ``path`` (zip format), tensors as numpy.
+
+  Storages are memory-mapped (``_member_array``) and every tensor is one copy of its
+  slice, so peak memory is about the size of the tensors, not twice the file."""
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
@@ -153,8 +189,7 @@ def read_torch_zip(path: str) -> Any:
     def read_storage(key: str, dtype, numel: int) -> np.ndarray:
       del numel
       if key not in cache:
-        raw = archive.read(f"{root}data/{key}")
-        cache[key] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+        cache[key] = _member_array(path, archive, f"{root}data/{key}", dtype)
       return cache[key]
 
     with archive.open(pickles[0]) as f:

@@ -145,13 +145,20 @@ def sinusoidal_embedding(t: Array, dim: int, max_positions: float = 10000.0) -> 
   return emb
 
 
+FOURIER_COLLECTION = "constants"  # non-trainable variables that land in TrainState.model_state
+
+
 class GaussianFourierProjection(nn.Module):
   """Random Fourier features ``[sin(2 pi W t), cos(2 pi W t)]``, ``W ~ N(0, scale^2)``.
 
-  The frequencies are *fixed*: in the references they are a ``requires_grad=False``
-  tensor. Here they are a deterministic constant drawn with NumPy from ``seed`` at trace
-  time, so they are neither in ``"params"`` nor in any other variable collection (the
-  trainer handles only ``"params"``) and are identical on every host and restart.
+  The frequencies are *fixed*: in the references (score_sde / CLD-SGM
+  ``layerspp.GaussianFourierProjection``) they are a ``requires_grad=False`` Parameter,
+  random at init and saved in the state dict (CLD-SGM ``all_modules.0.W``). Here they
+  are the variable ``W`` of the non-trainable collection ``"constants"``, initialised
+  deterministically with NumPy from ``seed`` (identical on every host), so they are
+  checkpointed with ``TrainState.model_state`` and an imported reference file can set
+  them (``--mode=import``), while the trainable parameter count is unchanged. A caller
+  that applies the module without that collection gets the seed's constants.
 
   Attributes:
     embedding_size: number of frequencies (output has twice as many features).
@@ -164,14 +171,18 @@ class GaussianFourierProjection(nn.Module):
   seed: int = 0
 
   def frequencies(self) -> np.ndarray:
-    """The fixed frequencies ``W`` (``[embedding_size]``, float32)."""
+    """The initial frequencies ``W`` (``[embedding_size]``, float32)."""
     rs = np.random.RandomState(self.seed)
     return (rs.standard_normal(self.embedding_size) * self.scale).astype(np.float32)
 
   @nn.compact
   def __call__(self, t: Array) -> Array:
     """Args: t ``[B]``. Returns: ``[B, 2 * embedding_size]`` float32."""
-    w = jnp.asarray(self.frequencies())
+    if self.is_initializing() or self.has_variable(FOURIER_COLLECTION, "W"):
+      w = self.variable(FOURIER_COLLECTION, "W",
+                        lambda: jnp.asarray(self.frequencies())).value
+    else:
+      w = jnp.asarray(self.frequencies())
     proj = jnp.asarray(t, jnp.float32)[:, None] * w[None, :] * (2.0 * np.pi)
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
