@@ -20,9 +20,11 @@ line, and the next older one is tried.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
+import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -140,22 +142,65 @@ class Checkpointer:
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
 
-  def restore(self, step: int, abstract_state: Any, fingerprint: dict[str, Any]
-              ) -> tuple[Any, dict[str, Any]]:
+  def restore(self, step: int, abstract_state: Any, fingerprint: dict[str, Any],
+              fill: Callable[[], Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores the state at ``step`` onto the shardings of ``abstract_state``.
 
     ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` carrying the *current*
     mesh's shardings, so a checkpoint written on 8 devices restores on 1 (and the
     reverse) without the saved topology (orbax issues 648, 678).
+
+    A checkpoint written before a ``constants`` collection joined the model state (the
+    NCSN++ Fourier frequencies, which were fixed constants before they became
+    importable) lacks those leaves: they are taken from ``fill()`` (the fresh init, whose
+    constants are the values the old code used), with a warning. Any other difference
+    of structure is ``CheckpointMismatchError``, never damage.
     """
     meta = self.read_meta(step)
     check_fingerprint(meta.get("fingerprint", {}), fingerprint, self.directory)
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    except ValueError as error:  # Orbax: the tree differs from the target (or damage)
+      return self._restore_filling_constants(step, abstract_state, fill, error), meta
     logging.vlog(1, "restored step %d from %s", step, self.directory)
     return restored["state"], meta
 
-  def restore_newest(self, abstract_state: Any, fingerprint: dict[str, Any]
+  def _restore_filling_constants(self, step: int, abstract_state: Any,
+                                 fill: Callable[[], Any] | None, error: ValueError) -> Any:
+    """``restore`` of a checkpoint whose tree lacks ``model_state`` constants only;
+    re-raises ``error`` when the trees agree (then it was damage, not layout)."""
+    try:
+      raw = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    except Exception:  # pylint: disable=broad-except  (unreadable: damage)
+      raise error from None
+    saved = {_path_key(p): v for p, v in jax.tree_util.tree_flatten_with_path(raw)[0]}
+    wanted = _flat_state_dict(abstract_state)
+    missing = sorted(set(wanted) - set(saved))
+    unexpected = sorted(set(saved) - set(wanted))
+    if not missing and not unexpected:
+      raise error
+    fillable = all(k[0] == "model_state" and "constants" in k for k in missing)
+    if unexpected or not fillable or fill is None:
+      names = lambda keys: ", ".join("/".join(k) for k in keys[:4]) + (
+          f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {self.directory} has another state layout than this "
+          f"config's model: missing {names(missing) or 'nothing'}; unexpected "
+          f"{names(unexpected) or 'nothing'}")
+    fresh = fill()
+    logging.warning("checkpoint step %d predates %s: taken from the init (fixed "
+                    "constants, the values the older code used)", step,
+                    ", ".join("/".join(k) for k in missing))
+    merged = jax.tree_util.tree_map_with_path(
+        lambda p, v: saved.get(_path_key(p), v), flax.serialization.to_state_dict(fresh))
+    state = flax.serialization.from_state_dict(fresh, merged)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+    return jax.device_put(jax.tree.map(jnp.asarray, state), shardings)
+
+  def restore_newest(self, abstract_state: Any, fingerprint: dict[str, Any],
+                     fill: Callable[[], Any] | None = None
                      ) -> tuple[Any, dict[str, Any], int] | None:
     """(state, meta, step) of the newest readable checkpoint; None if there is none.
 
@@ -166,7 +211,7 @@ class Checkpointer:
     tried = []
     for step in sorted((int(s) for s in self.manager.all_steps()), reverse=True):
       try:
-        state, meta = self.restore(step, abstract_state, fingerprint)
+        state, meta = self.restore(step, abstract_state, fingerprint, fill)
         jax.block_until_ready(state)
         return state, meta, step
       except CheckpointMismatchError:
@@ -210,6 +255,25 @@ class Checkpointer:
         self.manager.wait_until_finished()
     finally:
       self.manager.close()
+
+
+def _path_key(path) -> tuple[str, ...]:
+  """A pytree key path as strings (dict keys, sequence indices, attribute names)."""
+  out = []
+  for entry in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(entry, attr):
+        out.append(str(getattr(entry, attr)))
+        break
+    else:
+      out.append(str(entry))
+  return tuple(out)
+
+
+def _flat_state_dict(tree: Any) -> dict[tuple[str, ...], Any]:
+  """Leaves of ``flax.serialization.to_state_dict(tree)`` by string key path."""
+  flat = jax.tree_util.tree_flatten_with_path(flax.serialization.to_state_dict(tree))[0]
+  return {_path_key(p): v for p, v in flat}
 
 
 def _one_line(error: BaseException) -> str:

@@ -54,11 +54,15 @@ class Experiment:
           f"{what}={global_batch_size} must be divisible by the {devices} devices and "
           f"{jax.process_count()} processes of this job")
 
+  def _fresh_state(self) -> TrainState:
+    """The init state (its constants fill an older checkpoint's missing ones)."""
+    return self.init_fn(self.rng)
+
   def init_or_restore(self, checkpointer: checkpoint.Checkpointer
                       ) -> tuple[TrainState, dict[str, Any]]:
     """This workdir's newest readable checkpoint if there is one, else a fresh state."""
     target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
-    restored = checkpointer.restore_newest(target, self.fingerprint)
+    restored = checkpointer.restore_newest(target, self.fingerprint, self._fresh_state)
     if restored is None:
       self.method.check_warm_start()
       state = self.method.warm_start(self.init_fn(self.rng))
@@ -72,7 +76,7 @@ class Experiment:
     checkpointer = checkpoint.Checkpointer(self.workdir, self.config.checkpoint, read_only=True)
     target = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
     try:
-      restored = checkpointer.restore_newest(target, self.fingerprint)
+      restored = checkpointer.restore_newest(target, self.fingerprint, self._fresh_state)
     finally:
       checkpointer.close()
     if restored is None:

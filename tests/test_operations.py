@@ -266,3 +266,41 @@ def test_disk_full_during_an_async_save_is_one_storage_error(tmp_path):
     assert "disk full" in str(info.value) and "\n" not in str(info.value)
   finally:
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _without_constants(tree):
+  if isinstance(tree, dict):
+    return {k: _without_constants(v) for k, v in tree.items() if k != "constants"}
+  return tree
+
+
+def test_checkpoint_from_before_the_constants_collection_restores(tmp_path, caplog):
+  """Fourier-embedding models keep their frequencies in model_state["constants"] (so an
+  import can set them); checkpoints written before lack them and must still resume,
+  with the init's values (the constants the older code used). Another layout difference
+  is a mismatch error, and the checkpoint is not moved aside as damaged."""
+  from tests.helpers import load_config
+  config = load_config("cld_digits", "smoke")
+  exp = train.Experiment(config, str(tmp_path / "old"), devices=one_device())
+  state = jax.device_get(exp.init_fn(exp.rng))
+  assert any("constants" in jax.tree_util.keystr(p)
+             for p, _ in jax.tree_util.tree_flatten_with_path(state.model_state)[0])
+  state = state.replace(params=jax.tree.map(lambda x: x + 0.5, state.params))
+  meta = {"data_position": 3, "fingerprint": exp.fingerprint}
+  old = checkpoint.Checkpointer(str(tmp_path / "old"), config.checkpoint)
+  old.save(3, state.replace(model_state=_without_constants(state.model_state)), meta)
+  old.close()
+  with caplog.at_level(logging.WARNING):
+    restored, step, _ = exp.restore_for_inference()
+  assert step == 3 and "predates model_state/" in caplog.text
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(jax.device_get(restored))):
+    np.testing.assert_array_equal(a, b)
+
+  extra = dict(state.model_state, stray={"x": np.zeros(2, np.float32)})
+  other = checkpoint.Checkpointer(str(tmp_path / "other"), config.checkpoint)
+  other.save(3, state.replace(model_state=extra), meta)
+  other.close()
+  exp_other = train.Experiment(config, str(tmp_path / "other"), devices=one_device())
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"unexpected model_state/stray/x"):
+    exp_other.restore_for_inference()
+  assert os.path.isdir(tmp_path / "other" / "checkpoints" / "3")
