@@ -1,11 +1,13 @@
 """VP-SDE score model with a small U-Net on scikit-learn's embedded 8x8 digits (CPU-sized).
 
-Variants: ``:smoke`` (a few steps, for tests).
+Variants: ``:v`` (the network predicts v = alpha eps - sigma x and trains on
+||v - v_hat||^2, Salimans & Ho 2022 Sec. 4: the teacher of ``configs/distill_digits.py``),
+``:smoke`` (a few steps, for tests).
 """
 
 from lsgm_jax.config_defaults import get_default_config
 
-VARIANTS = ("", "smoke")
+VARIANTS = ("", "v", "smoke")
 
 
 def get_config(variant: str = ""):
@@ -36,7 +38,10 @@ def get_config(variant: str = ""):
   config.sampling.batch_size = 100
   config.eval.batch_size = 100
   config.checkpoint.every_steps = 1000
-  if variant == "smoke":
+  if variant == "v":
+    config.model.prediction = "v"
+    config.loss.weighting = "v"
+  elif variant == "smoke":
     config.training.batch_size = 16
     config.training.num_train_steps = 4
     config.training.log_every = 2
@@ -46,5 +51,5 @@ def get_config(variant: str = ""):
     config.eval.batch_size = 64
     config.eval.num_batches = 1
   elif variant:
-    raise ValueError(f"configs/sgm_digits.py: unknown variant {variant!r} (smoke)")
+    raise ValueError(f"configs/sgm_digits.py: unknown variant {variant!r} (v, smoke)")
   return config

@@ -63,6 +63,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   # The network sees 2x - 1 of data in [0, 1] (score_sde's DDPM with data.centered=False;
   # the ScoreVAE priors). Needs data.centered=False.
   model.center_input = False
+  # What the network predicts for scalar SDEs: eps (score = -net / std) | v (VP only:
+  # v = alpha eps - sigma x, Salimans & Ho 2022 Sec. 4; x_hat = alpha x_t - sigma net).
+  model.prediction = "eps"
 
   config.sde = sde = ml_collections.ConfigDict()
   sde.name = "vpsde"  # vpsde | subvpsde | vesde | cld
@@ -78,7 +81,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   sde.cld_numerical_eps = 1e-9
 
   config.loss = loss = ml_collections.ConfigDict()
-  # Scalar SDEs: none (lambda = sigma^2) | likelihood (g^2) | simple (eps).
+  # Scalar SDEs: none (lambda = sigma^2) | likelihood (g^2) | simple (eps) | v
+  # (lambda = sigma^2 / alpha^2: ||v - v_hat||^2 for model.prediction="v").
   # CLD: reweightedv1 | reweightedv2 | likelihood.
   loss.weighting = "none"
   loss.objective = "dsm"  # dsm | hsm (hybrid score matching, CLD only)
@@ -386,6 +390,21 @@ def get_default_config() -> ml_collections.ConfigDict:
   # from on a fresh run; also what --mode=encode uses when the workdir has no checkpoint.
   ae.init_checkpoint = ""
   ae.latent_norm = "global"  # shift/scale of the encoded latents: global | channel
+
+  # Latent diffusion (Rombach et al. 2022; method "sgm" on data.name="latents"): the first
+  # stage that decodes samples, an autoencoder workdir or an LDM .ckpt (then
+  # config.autoencoder describes it); latent_shape (h, w, C) declares the latents when
+  # config.data still names the image dataset (configs before --mode=encode).
+  config.ldm = ldm = ml_collections.ConfigDict()
+  ldm.first_stage = ""
+  ldm.latent_shape = ()
+
+  # Progressive distillation (Salimans & Ho 2022, Algorithm 2; method "distill").
+  config.distill = dist = ml_collections.ConfigDict()
+  dist.teacher_checkpoint = ""  # workdir of a VP "sgm" run (the round-0 teacher)
+  dist.teacher_steps = 256  # N of the round-0 teacher's DDIM; round r's student: N / 2^(r+1)
+  dist.steps_per_round = 1000  # training steps per halving; rounds = num_train_steps / this
+  dist.sample_steps = 0  # --mode=sample: 0 = the restored round's student steps
 
   config.lock()
   return config

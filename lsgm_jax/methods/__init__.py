@@ -6,6 +6,7 @@ import ml_collections
 
 from lsgm_jax.methods.autoencoder import Autoencoder
 from lsgm_jax.methods.base import Method
+from lsgm_jax.methods.distill import Distill
 from lsgm_jax.methods.latent_vae import LatentVAE
 from lsgm_jax.methods.lsgm import LSGM
 from lsgm_jax.methods.noise_classifier import NoiseClassifier
@@ -14,7 +15,8 @@ from lsgm_jax.methods.sgm import SGM
 
 METHODS: dict[str, type[Method]] = {
     "autoencoder": Autoencoder, "sgm": SGM, "latent_vae": LatentVAE, "lsgm": LSGM,
-    "noise_classifier": NoiseClassifier, "score_vae": ScoreVAE}
+    "noise_classifier": NoiseClassifier, "score_vae": ScoreVAE,
+    "distill": Distill}
 
 
 def build_method(config: ml_collections.ConfigDict, data_info) -> Method:

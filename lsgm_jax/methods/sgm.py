@@ -1,10 +1,20 @@
-"""Pixel-space score-based generative models: a score network trained by denoising (or,
-for CLD, hybrid) score matching under a VP / sub-VP / VE SDE or critically-damped
-Langevin diffusion, sampled by the reverse process, evaluated by the probability-flow
-ODE likelihood.
+"""Score-based generative models: a score network trained by denoising (or, for CLD,
+hybrid) score matching under a VP / sub-VP / VE SDE or critically-damped Langevin
+diffusion, sampled by the reverse process, evaluated by the probability-flow ODE
+likelihood.
 
-Parameterisations (the network always predicts a unit-scale noise):
-- scalar SDEs: score(x, t) = -net(x, t) / std(t) (score_sde's "scale by sigma");
+Latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent
+Diffusion Models", Sec. 3-3.2): the same method on ``data.name="latents"``, the
+normalised posterior means that ``--mode=encode`` of an ``autoencoder`` run wrote
+(``configs/ldm_*.py``). With ``ldm.first_stage`` set, samples are decoded to images
+through that autoencoder (LDM's x = D(z); here D(z * scale + shift), undoing the
+normalisation of the stored latents, LDM's ``scale_factor``).
+
+Parameterisations (the network always predicts a unit-scale quantity):
+- scalar SDEs: score(x, t) = -net(x, t) / std(t) (score_sde's "scale by sigma"); with
+  ``model.prediction="v"`` (VP only) the network predicts v = alpha eps - std x
+  (Salimans & Ho 2022, Sec. 4), x_hat = alpha x - std net and score = -x - alpha net / std;
+  DSM with weighting "none" is then alpha^2 ||v - net||^2, with weighting "v" ||v - net||^2;
 - CLD: the network sees u = (x, v) and predicts eps_v; the velocity score is
   -l_t net(u, t), plus the Gaussian term -v / Sigma_vv(t) with ``model.mixed_score``
   (CLD-SGM ``get_score_fn``).
@@ -12,6 +22,7 @@ Parameterisations (the network always predicts a unit-scale noise):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -27,9 +38,10 @@ from lsgm_jax.sde.cld import CLD, cld_mixed_score
 
 PyTree = Any
 
-SCALAR_WEIGHTINGS = ("none", "simple", "likelihood")
+SCALAR_WEIGHTINGS = ("none", "simple", "likelihood", "v")
 CLD_WEIGHTINGS = ("reweightedv1", "reweightedv2", "likelihood")
 SDES = ("vpsde", "subvpsde", "vesde", "cld")
+PREDICTIONS = ("eps", "v")
 
 
 def build_sde(sde_config: ml_collections.ConfigDict) -> sde_lib.SDE:
@@ -50,6 +62,19 @@ def build_sde(sde_config: ml_collections.ConfigDict) -> sde_lib.SDE:
   raise ValueError(f"config.sde.name={name!r} is not one of {SDES} for method 'sgm'")
 
 
+def model_shape(config: ml_collections.ConfigDict, data_info) -> tuple[int, ...]:
+  """The per-example shape the score model sees: ``config.ldm.latent_shape`` if set
+  (latent diffusion configs load before ``--mode=encode`` wrote the latents; checked
+  against them once they are the data), else the dataset's shape."""
+  declared = tuple(int(s) for s in config.ldm.latent_shape)
+  if not declared:
+    return tuple(data_info.shape)
+  if data_info.name == "latents" and declared != tuple(data_info.shape):
+    raise ValueError(f"config.ldm.latent_shape={declared} but the latents in "
+                     f"config.data.latents_dir are {tuple(data_info.shape)}")
+  return declared
+
+
 class SGM(Method):
   """Score matching (tutorial DSM; CLD paper HSM) + reverse-process sampling."""
 
@@ -68,11 +93,17 @@ class SGM(Method):
                        f"{objectives} for config.sde.name={config.sde.name!r}")
     if config.model.mixed_score and not self.is_cld:
       raise ValueError("config.model.mixed_score=True needs config.sde.name='cld'")
+    if config.model.prediction not in PREDICTIONS:
+      raise ValueError(f"config.model.prediction={config.model.prediction!r} is not one of "
+                       f"{PREDICTIONS}")
+    if config.model.prediction == "v" and config.sde.name != "vpsde":
+      raise ValueError("config.model.prediction='v' needs config.sde.name='vpsde' "
+                       "(alpha^2 + sigma^2 = 1)")
     self.center_input = bool(config.model.center_input)
     if self.center_input and (self.is_cld or config.data.centered):
       raise ValueError("config.model.center_input=True (the network sees 2x - 1) needs data "
                        "in [0, 1] (config.data.centered=False) and a scalar SDE")
-    self.shape = tuple(data_info.shape)
+    self.shape = model_shape(config, data_info)
     channels = self.shape[-1]
     net_in_shape = self.shape[:-1] + (2 * channels,) if self.is_cld else self.shape
     dtype = COMPUTE_DTYPES[config.training.compute_dtype]
@@ -80,6 +111,7 @@ class SGM(Method):
     self.model = build_model(config.model, net_in_shape, channels, dtype)
     self.sampler = samplers.get_sampler(config.sampling.method)
     self._classifier = None  # loaded on first guided sample (config.sampling.classifier_checkpoint)
+    self._first_stage = None  # latent diffusion: loaded on first decode (config.ldm.first_stage)
     # HSM marginalises v0 ~ N(0, gamma M); DSM conditions on it (CLD paper, Sec. 3).
     self.var0v = (self.sde.hsm_var0v if loss.objective == "hsm" else 0.0) if self.is_cld \
         else None
@@ -112,6 +144,12 @@ class SGM(Method):
         return sde_lib.batch_broadcast(nm, out) * out
       return score
 
+    if self.config.model.prediction == "v":
+      def v_score(x, t):  # x_hat = alpha x - std v; score = -(x - alpha x_hat) / std^2
+        alpha, std = self.sde.marginal(jnp.ones_like(x), t)
+        return -x - (alpha / std) * net(x, t)
+      return v_score
+
     def score(x, t):
       _, std = self.sde.marginal(jnp.zeros_like(x), t)
       return -net(x, t) / std
@@ -125,19 +163,30 @@ class SGM(Method):
     return dsm_loss(rng, self.sde, score, x, weighting=loss.weighting,
                     loss_eps=float(loss.eps))
 
+  def _data(self, batch: dict[str, jax.Array]) -> jax.Array:
+    x = batch["x"]
+    if tuple(x.shape[1:]) != self.shape:
+      raise ValueError(
+          f"config.ldm.latent_shape={self.shape}: batches of config.data.name="
+          f"{self.config.data.name!r} are {tuple(x.shape[1:])}; train on the first stage's "
+          "latents with --config.data.name=latents "
+          "--config.data.latents_dir=<autoencoder workdir>/latents")
+    return x
+
   def loss(self, params, model_state, batch, rng, step):
     del step
     loss_rng, dropout_rng = jax.random.split(rng)
     score = self.score_fn(params, model_state, train=True, rng=dropout_rng)
-    value = jnp.mean(self._loss_terms(score, batch["x"], loss_rng))
+    value = jnp.mean(self._loss_terms(score, self._data(batch), loss_rng))
     return value, ({f"loss/{self.config.loss.objective}": value}, model_state)
 
   def eval_terms(self, params, model_state, batch, rng):
     loss_rng, ll_rng = jax.random.split(rng)
     score = self.score_fn(params, model_state)
-    terms = {self.config.loss.objective: self._loss_terms(score, batch["x"], loss_rng)}
+    x = self._data(batch)
+    terms = {self.config.loss.objective: self._loss_terms(score, x, loss_rng)}
     if self.config.eval.likelihood:
-      terms.update(self.likelihood_terms(score, batch["x"], ll_rng))
+      terms.update(self.likelihood_terms(score, x, ll_rng))
     return terms
 
   def likelihood_terms(self, score, x, rng) -> dict[str, jax.Array]:
@@ -145,6 +194,9 @@ class SGM(Method):
 
     For quantised data the pipeline has already dequantised x (score_sde issue 24), and
     bits/dim subtracts log of the bin width; for continuous data only nats are reported.
+    On a first stage's latents (latent diffusion) ``latent_bits_per_dim`` is -log p of
+    the normalised latents per LATENT dimension, in bits: a density of continuous
+    latents, with no decoder term and no dequantisation, so not an image bits/dim.
     """
     ev = self.config.eval
     options = dict(rtol=float(ev.ode_rtol), atol=float(ev.ode_atol), probe=ev.probe,
@@ -155,7 +207,9 @@ class SGM(Method):
       logp, nfe = likelihood.log_likelihood(rng, self.sde, score, x, **options)
     terms = {"nll_nats": -logp, "nfe": jnp.broadcast_to(nfe, logp.shape).astype(jnp.float32)}
     info = self.data_info
-    if info.num_levels and self.config.data.dequantize:
+    if info.name == "latents":
+      terms["latent_bits_per_dim"] = -logp / (math.prod(self.shape) * math.log(2.0))
+    elif info.num_levels and self.config.data.dequantize:
       low, high = info.data_range
       terms["bits_per_dim"] = likelihood.bits_per_dim(
           logp, info.dims, bin_width=(high - low) / info.num_levels)
@@ -171,7 +225,35 @@ class SGM(Method):
       self._classifier = guidance.load_classifier(path, self.sde)
     return self._classifier
 
+  @property
+  def first_stage(self):
+    """(module, params, shift, scale) of ``config.ldm.first_stage``, or None."""
+    path = self.config.ldm.first_stage
+    if not path:
+      return None
+    if self._first_stage is None:
+      from lsgm_jax.methods import first_stage  # pylint: disable=g-import-not-at-top
+      # Usually first needed inside the jitted sampler: read the checkpoint eagerly.
+      with jax.ensure_compile_time_eval():
+        self._first_stage = first_stage.load_first_stage(path, self.config)
+    return self._first_stage
+
+  def decode(self, latents: jax.Array) -> jax.Array:
+    """Normalised latents -> images through the first stage (identity without one):
+    z * scale + shift, then the autoencoder's decoder (Rombach et al. 2022, Sec. 3)."""
+    stage = self.first_stage
+    if stage is None:
+      return latents
+    from lsgm_jax.methods import first_stage  # pylint: disable=g-import-not-at-top
+    return first_stage.decode_latents(*stage, latents)
+
   def generate(self, params, model_state, rng, num):
+    """Samples of the reverse process; on latents with ``ldm.first_stage``, decoded."""
+    latents, info = self.sample_latents(params, model_state, rng, num)
+    return self.decode(latents), info
+
+  def sample_latents(self, params, model_state, rng, num):
+    """``num`` samples in the model's space (data, or latents for latent diffusion)."""
     sampling = self.config.sampling
     score = self.score_fn(params, model_state)
     classifier = self.classifier

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from lsgm_jax.sde.base import SDE, Array, ScoreFn
 
-Weighting = Literal["likelihood", "simple", "none"]
+Weighting = Literal["likelihood", "simple", "none", "v"]
 Reduce = Literal["sum", "mean"]
 
 
@@ -64,6 +64,7 @@ def dsm_loss(
       and no ``1/2`` factor (score_sde convention), 1/2 * E_t[loss] is the score-matching
       term of the bound -log p(x0) <= -E log p_T + 1/2 int g^2 E||s - grad log p_t||^2
       (up to a score-independent constant).
+    * ``"v"``: lambda = std^2 / alpha^2, ||v_pred - v||^2 for VP (Salimans & Ho 2022).
 
   Args:
     rng: PRNG key (split internally for t and the noise).
@@ -90,4 +91,11 @@ def dsm_loss(
     _, g = sde.sde(jnp.zeros_like(x0), t)
     g2 = jnp.broadcast_to(jnp.square(g), x0.shape)
     return reduce_per_example(g2 * jnp.square(score + z / std), reduce)
-  raise ValueError(f"weighting must be 'likelihood', 'simple' or 'none', got {weighting!r}")
+  if weighting == "v":
+    # lambda(t) = std^2 / alpha^2 (VP): with x_hat = (x_t + std^2 s) / alpha and
+    # v = alpha z - std x0 this is ||v_pred - v||^2, i.e. the x-loss weighted by SNR + 1
+    # (Salimans & Ho 2022, Sec. 4), the loss a v-predicting network is trained with.
+    alpha, _ = sde.marginal(jnp.ones_like(x0), t)
+    return reduce_per_example(jnp.square((std * score + z) / alpha), reduce)
+  raise ValueError(f"weighting must be 'likelihood', 'simple', 'none' or 'v', got "
+                   f"{weighting!r}")
