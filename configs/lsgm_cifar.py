@@ -11,14 +11,19 @@ Global batches are the commands' per-GPU batch x GPUs: VAE 32 x 8 (vae1/2), 64 x
 is dropped; ``--custom_conv_dae`` (lsgm1/2) turns the SGM's spectral regularisation off,
 which ``lsgm.dae_spectral_reg = False`` reproduces (its GroupNorm weight decay stays).
 
-Variants: balanced_vae, balanced, best_fid_vae, best_fid, best_nll_vae, best_nll.
+Variants: balanced_vae, balanced, best_fid_vae, best_fid, best_nll_vae, best_nll, and
+best_fid_cld: the best-FID model with latent CLD (``methods/lsgm_cld.py``; issue 14): the
+same stage-1 VAE (best_fid_vae) and NCSN++ latent score model, its input the 2 x 180
+channels of (z, v), CLD with the CLD-SGM image settings (beta 4, M^-1 4, gamma 0.04), HSM,
+CLD-SGM's noise-prediction loss for the SGM and the likelihood bound for the VAE.
 Parameter counts (pinned in tests/test_lsgm_method.py): NVAE 100,867,740 (vae1/2),
 130,622,772 (vae3); SGM 375,561,064 (mixing logit included).
 """
 
 from lsgm_jax.config_defaults import get_lsgm_config
 
-VARIANTS = ("balanced_vae", "balanced", "best_fid_vae", "best_fid", "best_nll_vae", "best_nll")
+VARIANTS = ("balanced_vae", "balanced", "best_fid_vae", "best_fid", "best_nll_vae", "best_nll",
+            "best_fid_cld")
 CIFAR_TRAIN = 50_000
 
 
@@ -45,7 +50,8 @@ def _nvae(config, vae3: bool) -> None:
 def get_config(variant: str = "balanced_vae"):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of configs/lsgm_cifar.py: {VARIANTS}")
-  model_name = variant.replace("_vae", "")
+  cld = variant == "best_fid_cld"
+  model_name = variant.replace("_vae", "").replace("_cld", "")
   vae3 = model_name == "best_nll"
   if variant.endswith("_vae"):
     batch = 256
@@ -85,6 +91,17 @@ def get_config(variant: str = "balanced_vae"):
     # at 0.7 and lsgm2/3 continue from there (--cont_kl_anneal, kl_const_coeff_vada 0.7).
     lc.cont_kl_anneal = model_name != "balanced"
     lc.kl_const_coeff_vada = 0.7
+  if cld:
+    lc = config.lsgm
+    lc.sde_type = "cld"
+    lc.cld_objective = "hsm"
+    config.sde.cld_beta, config.sde.cld_beta1 = 4.0, 0.0
+    config.sde.cld_m_inv, config.sde.cld_gamma = 4.0, 0.04
+    config.sde.cld_numerical_eps = 1e-9
+    lc.time_eps = 1e-5  # CLD-SGM loss_eps; the velocity marginal moves fast near t = 0
+    lc.iw_sample_p = "drop_all_uniform"  # CLD-SGM "reweightedv2"
+    lc.iw_sample_q = "ll_iw"  # likelihood bound, log-uniform t
+    config.sampling.method = "sscs"
   config.data.name = "cifar10"
   config.data.image_size = 32
   config.data.num_channels = 3

@@ -9,12 +9,15 @@ drop_inactive_var.
   python -m lsgm_jax.main --config=configs/lsgm_digits.py:lsgm --workdir=runs/lsgm_digits
 
 Variants: ``vae`` (stage 1), ``lsgm`` (stage 2, reads runs/lsgm_digits_vae unless
-``--config.lsgm.vae_checkpoint`` says otherwise), ``vae_smoke``, ``lsgm_smoke``.
+``--config.lsgm.vae_checkpoint`` says otherwise), ``vae_smoke``, ``lsgm_smoke``, and
+``cld`` / ``cld_smoke``: stage 2 with latent CLD (``methods/lsgm_cld.py``, issue 14): CLD on
+(z, v) with HSM, one likelihood objective for p and q (log-uniform t from 1e-5), the
+mixed velocity score, SSCS sampling and the CLD ODE bound in the NELBO.
 """
 
 from lsgm_jax.config_defaults import get_default_config
 
-VARIANTS = ("vae", "lsgm", "vae_smoke", "lsgm_smoke")
+VARIANTS = ("vae", "lsgm", "vae_smoke", "lsgm_smoke", "cld", "cld_smoke")
 STAGE1_KL_MAX = 0.7  # stage 1 ends its KL warm-up here; stage 2 continues from it
 
 
@@ -133,6 +136,19 @@ def get_config(variant: str = "vae"):
     config.eval.likelihood = True
     config.eval.ode_rtol = 1e-5
     config.eval.ode_atol = 1e-5
+
+  if variant.startswith("cld"):
+    lc = config.lsgm
+    lc.sde_type = "cld"
+    lc.cld_objective = "hsm"
+    config.sde.cld_beta, config.sde.cld_beta1 = 4.0, 0.0
+    config.sde.cld_m_inv, config.sde.cld_gamma = 4.0, 0.04
+    config.sde.cld_numerical_eps = 1e-9
+    lc.time_eps = 1e-5
+    lc.iw_sample_p = "ll_iw"
+    lc.iw_sample_q = "reweight_p_samples"
+    config.sampling.method = "sscs"
+    config.sampling.num_steps = 100
 
   if variant.endswith("smoke"):
     config.training.batch_size = 8

@@ -150,11 +150,12 @@ class Checkpointer:
     mesh's shardings, so a checkpoint written on 8 devices restores on 1 (and the
     reverse) without the saved topology (orbax issues 648, 678).
 
-    A checkpoint written before a ``constants`` collection joined the model state (the
-    NCSN++ Fourier frequencies, which were fixed constants before they became
-    importable) lacks those leaves: they are taken from ``fill()`` (the fresh init, whose
-    constants are the values the old code used), with a warning. Any other difference
-    of structure is ``CheckpointMismatchError``, never damage.
+    A checkpoint written before an entry of ``FILLED_FROM_INIT`` joined the model state
+    lacks those leaves: they are taken from ``fill()`` (the fresh init), with a warning.
+    Their init values are what the older code did: the NCSN++ Fourier frequencies
+    (``constants``) were the same fixed values before they became importable, and LSGM's
+    ``score_mask`` is all ones (no channel masked) until ``warm_start`` sets it. Any other
+    difference of structure is ``CheckpointMismatchError``, never damage.
     """
     meta = self.read_meta(step)
     check_fingerprint(meta.get("fingerprint", {}), fingerprint, self.directory)
@@ -181,7 +182,7 @@ class Checkpointer:
     unexpected = sorted(set(saved) - set(wanted))
     if not missing and not unexpected:
       raise error
-    fillable = all(k[0] == "model_state" and "constants" in k for k in missing)
+    fillable = all(k[0] == "model_state" and set(k) & FILLED_FROM_INIT for k in missing)
     if unexpected or not fillable or fill is None:
       names = lambda keys: ", ".join("/".join(k) for k in keys[:4]) + (
           f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
@@ -190,8 +191,8 @@ class Checkpointer:
           f"config's model: missing {names(missing) or 'nothing'}; unexpected "
           f"{names(unexpected) or 'nothing'}")
     fresh = fill()
-    logging.warning("checkpoint step %d predates %s: taken from the init (fixed "
-                    "constants, the values the older code used)", step,
+    logging.warning("checkpoint step %d predates %s: taken from the init (the values "
+                    "the older code used)", step,
                     ", ".join("/".join(k) for k in missing))
     merged = jax.tree_util.tree_map_with_path(
         lambda p, v: saved.get(_path_key(p), v), flax.serialization.to_state_dict(fresh))
@@ -255,6 +256,11 @@ class Checkpointer:
         self.manager.wait_until_finished()
     finally:
       self.manager.close()
+
+
+# model_state entries an older checkpoint may lack, whose init value reproduces the older
+# code exactly (``Checkpointer.restore``).
+FILLED_FROM_INIT = {"constants", "score_mask"}
 
 
 def _path_key(path) -> tuple[str, ...]:

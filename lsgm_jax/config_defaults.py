@@ -335,7 +335,8 @@ def get_default_config() -> ml_collections.ConfigDict:
   lsgm.dae_spectral_reg = True  # False reproduces --custom_conv_dae (no SR on the SGM)
   lsgm.num_power_iter = 4
   # Latent SGM (stage 2). sde: geometric_sde | vpsde | vesde (config.sde holds numbers).
-  lsgm.sde_type = "geometric_sde"
+  lsgm.sde_type = "geometric_sde"  # | vpsde | vesde | cld (latent CLD, config.sde.cld_*)
+  lsgm.cld_objective = "hsm"  # latent CLD: hsm (v0 marginalised) | dsm (v0 drawn)
   lsgm.sigma2_0 = 0.0
   lsgm.sigma2_min = 1e-4
   lsgm.sigma2_max = 0.99

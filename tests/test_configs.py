@@ -35,6 +35,9 @@ PINNED_COUNTS = {
     ("lsgm_cifar", "balanced"): {"vae": 100_867_740, "score": 375_561_064},
     ("lsgm_cifar", "best_fid"): {"vae": 100_867_740, "score": 375_561_064},
     ("lsgm_cifar", "best_nll"): {"vae": 130_622_772, "score": 375_561_064},
+    # Latent CLD (issue 14): the best-FID score model with input (z, v) = 360 channels:
+    # only the 3x3 input conv grows, by 3 * 3 * 180 * 512 = 829,440.
+    ("lsgm_cifar", "best_fid_cld"): {"vae": 100_867_740, "score": 376_390_504},
     ("lsgm_mnist", "vae"): {"vae": 3_005_822},
     ("lsgm_mnist", "lsgm"): {"vae": 3_005_822, "score": 63_774_544},
     # ScoreVAE (REFERENCE_NOTES.md, "ScoreVAE"): DDPM U-Net priors, time-dependent

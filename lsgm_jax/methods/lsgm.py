@@ -87,7 +87,8 @@ def build_diffusion(config: ml_collections.ConfigDict) -> lsgm_diffusion.LSGMDif
     return lsgm_diffusion.VESDEWithInitVar(sigma2_min=float(lc.sigma2_min),
                                            sigma2_max=float(lc.sigma2_max),
                                            sigma2_0=float(lc.sigma2_0))
-  raise ValueError(f"config.lsgm.sde_type={lc.sde_type!r} is not one of {SDE_TYPES}")
+  raise ValueError(f"config.lsgm.sde_type={lc.sde_type!r} is not one of {SDE_TYPES} "
+                   "or 'cld' (methods/lsgm_cld.py)")
 
 
 def same_objectives(iw_sample_p: str, iw_sample_q: str) -> bool:
@@ -166,12 +167,21 @@ class LSGM(Method):
                                    or not lc.train_vae):
         raise ValueError("config.lsgm.disjoint_training needs config.lsgm.train_vae=True and "
                          "iw_sample_q 'll_uniform' or 'll_iw' (train_vada.py)")
-      self.diffusion = build_diffusion(config)
+      self.diffusion = self._build_diffusion()
       dtype = COMPUTE_DTYPES[config.training.compute_dtype]
-      net = build_model(config.model, self.latent_shape, self.latent_shape[-1], dtype)
+      net = build_model(config.model, self.score_input_shape, self.latent_shape[-1], dtype)
       self.score_model = net.clone(
           embedding_dim=int(lc.embedding_dim) or None,
-          mixing_logit_init=float(lc.mixing_logit_init) if lc.mixed_prediction else None)
+          mixing_logit_init=float(lc.mixing_logit_init) if lc.mixed_prediction else None,
+          mixing_logit_channels=self.latent_shape[-1])
+
+  def _build_diffusion(self):
+    return build_diffusion(self.config)
+
+  @property
+  def score_input_shape(self) -> tuple[int, int, int]:
+    """The score network's input [h, w, channels] (latent CLD doubles the channels)."""
+    return self.latent_shape
 
   # --------------------------------------------------------------------------- params
 
@@ -182,16 +192,24 @@ class LSGM(Method):
     params = {"vae": variables["params"]}
     model_state = {"vae": nvae_lib.model_state(variables)}
     if self.is_vada:
-      z = jnp.zeros((1,) + self.latent_shape, jnp.float32)
+      z = jnp.zeros((1,) + self.score_input_shape, jnp.float32)
       t = jnp.full((1,), 0.5, jnp.float32)
       score_vars = self.score_model.init({"params": score_rng, "dropout": score_rng}, z, t,
                                          train=False)
       params["score"] = score_vars["params"]
       model_state["score"] = {k: v for k, v in score_vars.items() if k != "params"}
+      if self._masks_input:
+        # 1 = active latent channel; warm_start writes the drop_inactive_var mask here.
+        model_state["score_mask"] = jnp.ones((self.latent_shape[-1],), jnp.float32)
       if self._dae_sr:
         model_state["score_sr"] = spectral_regularization.init_power_vectors(
             params["score"], sn_rng, 10 * int(self.config.lsgm.num_power_iter))
     return params, model_state
+
+  @property
+  def _masks_input(self) -> bool:
+    lc = self.config.lsgm
+    return self.is_vada and bool(lc.drop_inactive_var) and bool(lc.mixed_prediction)
 
   @property
   def _dae_sr(self) -> bool:
@@ -254,6 +272,8 @@ class LSGM(Method):
                    active.size)
       params["score"] = dict(params["score"], mixing_logit=logit)
       ema["score"] = dict(ema["score"], mixing_logit=jnp.array(logit, copy=True))
+      # ncsnpp.py ~l.249 (is_active set in train_vada.py): the network's input is masked too.
+      model_state["score_mask"] = jnp.asarray(active, jnp.float32)
     return state.replace(params=params, ema_params=ema, model_state=model_state)
 
   def active_channels(self, vae_params: PyTree, vae_state: PyTree) -> np.ndarray:
@@ -295,13 +315,20 @@ class LSGM(Method):
     """[B, h, w, n_top * C] -> per-group [B, h, w, C] (the reference's ``decompose_eps``)."""
     return jnp.split(per_var, self.num_top, axis=-1)
 
-  def net_eps_fn(self, score_params, score_state, train: bool, rng: jax.Array | None):
-    """``fn(z_t, t)`` -> the SGM's final (mixed) noise prediction."""
+  def net_eps_fn(self, score_params, score_state, train: bool, rng: jax.Array | None,
+                 mask: jax.Array | None = None):
+    """``fn(z_t, t)`` -> the SGM's final (mixed) noise prediction.
+
+    ``mask`` (``model_state["score_mask"]``, per latent channel) zeroes the inactive
+    channels of the NETWORK's input, as the reference's ``mask_inactive_variables``; the
+    mixing component still sees the unmasked z_t.
+    """
     rngs = {"dropout": rng} if rng is not None else {}
     lc = self.config.lsgm
 
     def net(z_t, t):
-      return self.score_model.apply({"params": score_params, **score_state}, z_t, t,
+      z_in = z_t if mask is None else z_t * mask.astype(z_t.dtype)
+      return self.score_model.apply({"params": score_params, **score_state}, z_in, t,
                                     train=train, rngs=rngs).astype(jnp.float32)
 
     logit = score_params.get("mixing_logit") if lc.mixed_prediction else None
@@ -309,7 +336,8 @@ class LSGM(Method):
 
   def score_fn(self, params, model_state):
     """The SGM prior's score over z_t (EMA params at evaluation), for samplers / the ODE."""
-    eps_fn = self.net_eps_fn(params["score"], model_state["score"], False, None)
+    eps_fn = self.net_eps_fn(params["score"], model_state["score"], False, None,
+                             model_state.get("score_mask"))
 
     def score(z_t, t):
       return -eps_fn(z_t, t) / lsgm_diffusion.batch_broadcast(
@@ -342,6 +370,41 @@ class LSGM(Method):
 
   # --------------------------------------------------------------------------- loss
 
+  def _sgm_terms(self, params, model_state, z0, loss_rng, drop_rng):
+    """(p objective [B], cross entropy per latent variable) of the joint step, with the
+    gradient routing of training_obj_joint.py / training_obj_disjoint.py."""
+    lc = self.config.lsgm
+    opts = dict(iw_sample_p=lc.iw_sample_p, time_eps=float(lc.time_eps))
+    same = same_objectives(lc.iw_sample_p, lc.iw_sample_q)
+    score_state = model_state["score"]
+
+    def eps_fn(score_params, z_t, t):
+      return self.net_eps_fn(score_params, score_state, True, drop_rng,
+                             model_state.get("score_mask"))(z_t, t)
+
+    if lc.disjoint_training:
+      q_rng, p_rng = jax.random.split(loss_rng)
+      frozen = jax.lax.stop_gradient(params["score"])
+      ce = lsgm_obj.cross_entropy(
+          q_rng, self.diffusion, lambda z, t: eps_fn(frozen, z, t), None, z0,
+          iw_sample_q=lc.iw_sample_q, time_eps=float(lc.time_eps))
+      ce_per_var = ce.per_variable
+      p_obj = lsgm_obj.p_objective(
+          p_rng, self.diffusion, lambda z, t: eps_fn(params["score"], z, t), None,
+          jax.lax.stop_gradient(z0), **opts)
+    else:
+      if same:
+        def pair(z_t, t):
+          e = eps_fn(params["score"], z_t, t)
+          return e, e
+      else:
+        def pair(z_t, t):
+          return _routed(lambda p, z: eps_fn(p, z, t), params["score"], z_t)
+      terms = lsgm_obj.lsgm_terms_paired(loss_rng, self.diffusion, pair, z0,
+                                         iw_sample_q=lc.iw_sample_q, **opts)
+      p_obj, _, ce_per_var = terms
+    return p_obj, ce_per_var
+
   def loss(self, params, model_state, batch, rng, step):
     lc = self.config.lsgm
     x = batch["x"]
@@ -373,7 +436,6 @@ class LSGM(Method):
     if not lc.train_vae:
       z0 = jax.lax.stop_gradient(z0)
     rest = [self._neg_log_normal(e) for e in out.eps[self.num_top:]]
-    score_state = model_state["score"]
     reg_p, new_sr = jnp.zeros((), jnp.float32), None
     wdn_dae = float(lc.weight_decay_norm_dae)
     if wdn_dae > 0:
@@ -385,33 +447,8 @@ class LSGM(Method):
       reg_p = wdn_dae * bn_p
     if new_sr is not None:
       new_state["score_sr"] = new_sr
-    opts = dict(iw_sample_p=lc.iw_sample_p, time_eps=float(lc.time_eps))
     same = same_objectives(lc.iw_sample_p, lc.iw_sample_q)
-
-    def eps_fn(score_params, z_t, t):
-      return self.net_eps_fn(score_params, score_state, True, drop_rng)(z_t, t)
-
-    if lc.disjoint_training:
-      q_rng, p_rng = jax.random.split(loss_rng)
-      frozen = jax.lax.stop_gradient(params["score"])
-      ce = lsgm_obj.cross_entropy(
-          q_rng, self.diffusion, lambda z, t: eps_fn(frozen, z, t), None, z0,
-          iw_sample_q=lc.iw_sample_q, time_eps=float(lc.time_eps))
-      cross_entropy, ce_per_var = ce.per_example, ce.per_variable
-      p_obj = lsgm_obj.p_objective(
-          p_rng, self.diffusion, lambda z, t: eps_fn(params["score"], z, t), None,
-          jax.lax.stop_gradient(z0), **opts)
-    else:
-      if same:
-        def pair(z_t, t):
-          e = eps_fn(params["score"], z_t, t)
-          return e, e
-      else:
-        def pair(z_t, t):
-          return _routed(lambda p, z: eps_fn(p, z, t), params["score"], z_t)
-      terms = lsgm_obj.lsgm_terms_paired(loss_rng, self.diffusion, pair, z0,
-                                         iw_sample_q=lc.iw_sample_q, **opts)
-      p_obj, cross_entropy, ce_per_var = terms
+    p_obj, ce_per_var = self._sgm_terms(params, model_state, z0, loss_rng, drop_rng)
     neg_log_p = self._split_groups(ce_per_var) + rest
     kl_all = jnp.stack([jnp.sum(lq + nlp, axis=(1, 2, 3))
                         for lq, nlp in zip(out.log_q, neg_log_p)], axis=1)
@@ -473,7 +510,8 @@ class LSGM(Method):
                 for e in out.eps[self.num_top:]), jnp.zeros_like(recon))
     z0 = self._top_latents(out)
     lc = self.config.lsgm
-    eps_fn = self.net_eps_fn(params["score"], model_state["score"], False, None)
+    eps_fn = self.net_eps_fn(params["score"], model_state["score"], False, None,
+                             model_state.get("score_mask"))
     ce = lsgm_obj.cross_entropy(ce_rng, self.diffusion, eps_fn, None, z0,
                                 iw_sample_q="ll_uniform", time_eps=float(lc.time_eps))
     nelbo_dsm = recon + log_q + ce.per_example + rest

@@ -98,6 +98,8 @@ class NCSNpp(nn.Module):
     mixing_logit_init: if set, adds a trainable ``"mixing_logit"`` parameter of shape
       ``[C_in]`` initialised to this value (LSGM's mixed score, LSGM eq. (9)). The
       network itself never uses it: a method reads ``params["mixing_logit"]``.
+    mixing_logit_channels: the logit's size when it is not ``C_in`` (latent CLD: the
+      input is (z, v), the logit is per latent channel).
     max_groups: cap on the GroupNorm group count.
     remat: rematerialise residual and attention blocks in the backward pass.
     dtype: computation dtype (parameters float32; time embedding always float32).
@@ -125,6 +127,7 @@ class NCSNpp(nn.Module):
   in_channels: int | None = None
   out_channels: int | None = None
   mixing_logit_init: float | None = None
+  mixing_logit_channels: int | None = None
   max_groups: int = 32
   remat: bool = False
   dtype: Any = jnp.float32
@@ -184,7 +187,7 @@ class NCSNpp(nn.Module):
       # LSGM: trainable per-channel logit of the mixed score; counted in the reference.
       init = float(self.mixing_logit_init)
       self.param("mixing_logit", lambda _, shape: jnp.full(shape, init, jnp.float32),
-                 (in_ch_img,))
+                 (self.mixing_logit_channels or in_ch_img,))
 
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
     temb = self._time_embedding(t).astype(dtype)
