@@ -20,3 +20,31 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+
+# The longest tests (minutes of compilation each on 2 cores) run first, so that pytest-xdist
+# does not leave one of them for the end of a `-n 2` run while the other worker idles.
+SLOW_FIRST = (
+    "test_lsgm_method.py::test_two_stages_end_to_end",
+    "test_cld_method.py::test_cld_digits_trains_samples_and_reports_bits_per_dim",
+    "test_guidance.py::test_digits_classifier_trains_and_guides_the_score_model",
+    "test_score_vae.py::test_three_stages_end_to_end",
+    "test_nvae.py::test_tiny_forward_train_eval_and_sample",
+    "test_main.py::test_missing_dataset_names_the_builder",
+    "test_ldm.py::",
+    "test_nvae.py::test_tiny_rgb_dml_flows_res_dist_gradients",
+    "test_latent_vae.py::test_tiny_model_trains_evaluates_and_samples_manifold",
+    "test_main.py::test_train_sample_eval_from_the_command_line",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+
+  def rank(item):
+    for i, key in enumerate(SLOW_FIRST):
+      if key in item.nodeid:
+        return i
+    return len(SLOW_FIRST)
+
+  items.sort(key=rank)  # stable: the rest keep their order
