@@ -43,6 +43,7 @@ import dataclasses
 from typing import Any
 
 import ml_collections
+from absl import logging
 import numpy as np
 
 from lsgm_jax.checkpoint_import import (ImportedCheckpoint, ImportMismatchError, check_tree,
@@ -476,6 +477,14 @@ def convert(path: str, config: ml_collections.ConfigDict, target: Any) -> Import
     score = lsgm_score.convert_score(obj, method, target, path)
     params["score"] = score.params
     model_state.update(score.model_state)
+    if "score_mask" in target.model_state:
+      # The reference's active-channel mask (mask_inactive_variables) is not stored in its
+      # files: train_vada.py recomputes it from data when --drop_inactive_var. Imported
+      # here as all channels active (the mask of runs without that flag).
+      model_state["score_mask"] = np.ones(target.model_state["score_mask"].shape, np.float32)
+      if bool(config.lsgm.drop_inactive_var):
+        logging.warning("the LSGM file stores no active-channel mask: imported with every "
+                        "latent channel active (the reference recomputes it from data)")
     if score.ema is not None:
       ema = {"vae": params["vae"], "score": score.ema}
     description += "; " + score.description
