@@ -95,3 +95,30 @@ def decode_latents(module, params: PyTree, shift: np.ndarray, scale: np.ndarray,
                    z: jax.Array) -> jax.Array:
   """Images from normalised latents ``[B, h, w, C]``: un-normalise, then decode."""
   return module.apply({"params": params}, z * scale + shift, method=module.decode)
+
+
+class LazyFirstStage:
+  """The first stage named by a config field, loaded on first use and kept.
+
+  First use is usually inside a jitted sampler, so the checkpoint is read eagerly
+  (``jax.ensure_compile_time_eval``), not as part of the trace. ``decode`` is the
+  identity when ``path`` is empty (a family trained on pixels).
+  """
+
+  def __init__(self, path: str, config: ml_collections.ConfigDict):
+    self.path, self.config, self._stage = path, config, None
+
+  @property
+  def stage(self) -> tuple[Any, PyTree, np.ndarray, np.ndarray] | None:
+    """``(module, params, shift, scale)`` (``load_first_stage``), or None."""
+    if not self.path:
+      return None
+    if self._stage is None:
+      with jax.ensure_compile_time_eval():
+        self._stage = load_first_stage(self.path, self.config)
+    return self._stage
+
+  def decode(self, latents: jax.Array) -> jax.Array:
+    """Normalised latents -> images (z * scale + shift, then the decoder)."""
+    stage = self.stage
+    return latents if stage is None else decode_latents(*stage, latents)

@@ -33,6 +33,7 @@ from lsgm_jax import likelihood
 from lsgm_jax.methods.base import Method
 from lsgm_jax.models import hvae
 from lsgm_jax.objectives import vae as vae_objectives
+from lsgm_jax.methods import first_stage as first_stage_lib
 
 PyTree = Any
 
@@ -130,7 +131,8 @@ class LatentVAE(Method):
     res = self.hvae_config.resolutions
     self.layer_resolution = np.concatenate(
         [np.full(self.hvae_config.num_groups[i], res[i]) for i in reversed(range(len(res)))])
-    self._first_stage = None
+    # Loaded on first decode (config.latent_vae.first_stage).
+    self._first_stage = first_stage_lib.LazyFirstStage(config.latent_vae.first_stage, config)
 
   # --- model ---------------------------------------------------------------------
 
@@ -252,24 +254,12 @@ class LatentVAE(Method):
   @property
   def first_stage(self):
     """(module, params, shift, scale) of ``config.latent_vae.first_stage``, or None."""
-    path = self.config.latent_vae.first_stage
-    if not path:
-      return None
-    if self._first_stage is None:
-      from lsgm_jax.methods import first_stage  # pylint: disable=g-import-not-at-top
-      # Loaded on first use, which is usually inside the jitted sampler: read the
-      # checkpoint eagerly, not as part of the trace.
-      with jax.ensure_compile_time_eval():
-        self._first_stage = first_stage.load_first_stage(path, self.config)
-    return self._first_stage
+    return self._first_stage.stage
 
   def decode(self, latents: jax.Array) -> jax.Array:
-    """Normalised latents -> pixels through the first stage (identity without one)."""
-    stage = self.first_stage
-    if stage is None:
-      return latents
-    from lsgm_jax.methods import first_stage  # pylint: disable=g-import-not-at-top
-    return first_stage.decode_latents(*stage, latents)
+    """Normalised latents -> images through the first stage (identity without one):
+    z * scale + shift, then the autoencoder's decoder (Rombach et al. 2022, Sec. 3)."""
+    return self._first_stage.decode(latents)
 
   def generate(self, params, model_state, rng, num):
     samples = self.decode(self.sample_latents({"params": params, **model_state}, rng, num))

@@ -35,6 +35,7 @@ from lsgm_jax.models.registry import build_model
 from lsgm_jax.objectives.dsm import dsm_loss
 from lsgm_jax.objectives.hsm import cld_loss
 from lsgm_jax.sde.cld import CLD, cld_mixed_score
+from lsgm_jax.methods import first_stage as first_stage_lib
 
 PyTree = Any
 
@@ -111,7 +112,8 @@ class SGM(Method):
     self.model = build_model(config.model, net_in_shape, channels, dtype)
     self.sampler = samplers.get_sampler(config.sampling.method)
     self._classifier = None  # loaded on first guided sample (config.sampling.classifier_checkpoint)
-    self._first_stage = None  # latent diffusion: loaded on first decode (config.ldm.first_stage)
+    # Loaded on first decode (config.ldm.first_stage).
+    self._first_stage = first_stage_lib.LazyFirstStage(config.ldm.first_stage, config)
     # HSM marginalises v0 ~ N(0, gamma M); DSM conditions on it (CLD paper, Sec. 3).
     self.var0v = (self.sde.hsm_var0v if loss.objective == "hsm" else 0.0) if self.is_cld \
         else None
@@ -228,24 +230,12 @@ class SGM(Method):
   @property
   def first_stage(self):
     """(module, params, shift, scale) of ``config.ldm.first_stage``, or None."""
-    path = self.config.ldm.first_stage
-    if not path:
-      return None
-    if self._first_stage is None:
-      from lsgm_jax.methods import first_stage  # pylint: disable=g-import-not-at-top
-      # Usually first needed inside the jitted sampler: read the checkpoint eagerly.
-      with jax.ensure_compile_time_eval():
-        self._first_stage = first_stage.load_first_stage(path, self.config)
-    return self._first_stage
+    return self._first_stage.stage
 
   def decode(self, latents: jax.Array) -> jax.Array:
     """Normalised latents -> images through the first stage (identity without one):
     z * scale + shift, then the autoencoder's decoder (Rombach et al. 2022, Sec. 3)."""
-    stage = self.first_stage
-    if stage is None:
-      return latents
-    from lsgm_jax.methods import first_stage  # pylint: disable=g-import-not-at-top
-    return first_stage.decode_latents(*stage, latents)
+    return self._first_stage.decode(latents)
 
   def generate(self, params, model_state, rng, num):
     """Samples of the reverse process; on latents with ``ldm.first_stage``, decoded."""
