@@ -514,7 +514,15 @@ class LSGM(Method):
                              model_state.get("score_mask"))
     ce = lsgm_obj.cross_entropy(ce_rng, self.diffusion, eps_fn, None, z0,
                                 iw_sample_q="ll_uniform", time_eps=float(lc.time_eps))
-    nelbo_dsm = recon + log_q + ce.per_example + rest
+    return self._nelbo_terms(params, model_state, z0, ode_rng, recon, log_q,
+                             ce.per_example, rest)
+
+  def _nelbo_terms(self, params, model_state, z0, ode_rng, recon, log_q, cross_entropy,
+                   rest):
+    """NELBO = recon + log q + CE(q || p) + rest, with the cross entropy from the
+    training estimator (``nelbo_dsm``) and, with ``eval.likelihood``, from the latent
+    probability-flow ODE (``nelbo``)."""
+    nelbo_dsm = recon + log_q + cross_entropy + rest
     terms = {"nelbo_dsm": nelbo_dsm, "recon": recon}
     if self.config.eval.likelihood:
       nll_z, nfe = self.latent_nll(params, model_state, z0, ode_rng)

@@ -150,16 +150,8 @@ class LatentCLD(lsgm_method.LSGM):
     lc = self.config.lsgm
     ce = lsgm_cld.cross_entropy(ce_rng, self.diffusion, self.score_fn(params, model_state),
                                 z0, objective=lc.cld_objective, time_eps=float(lc.time_eps))
-    nelbo_dsm = recon + log_q + ce.per_example + rest
-    terms = {"nelbo_dsm": nelbo_dsm, "recon": recon}
-    if self.config.eval.likelihood:
-      nll_z, nfe = self.latent_nll(params, model_state, z0, ode_rng)
-      nelbo = recon + log_q + nll_z + rest
-      terms.update({"nelbo": nelbo, "nfe": jnp.broadcast_to(nfe, nelbo.shape).astype(jnp.float32),
-                    **self._per_dim(nelbo)})
-    else:
-      terms.update({k + "_dsm": v for k, v in self._per_dim(nelbo_dsm).items()})
-    return terms
+    return self._nelbo_terms(params, model_state, z0, ode_rng, recon, log_q,
+                             ce.per_example, rest)
 
   # --------------------------------------------------------------------------- sampling
 
