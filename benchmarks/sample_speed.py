@@ -79,6 +79,7 @@ def main(argv=None) -> dict:
   from lsgm_jax import data
   from lsgm_jax.methods import build_method
   from lsgm_jax.models import autoencoder
+  from lsgm_jax.presets import autoencoder as ae_presets
 
   config = load_config(args.config, [])
   method = build_method(config, data.dataset_info(config.data))
@@ -101,7 +102,7 @@ def main(argv=None) -> dict:
         f"{best:.2f} s per batch = {args.batch / best:.3f} images/s")
 
   if args.decode:
-    ae_cfg = autoencoder.PRESETS["kl-f8"]
+    ae_cfg = ae_presets.PRESETS["kl-f8"]
     ae = autoencoder.AutoencoderKL(ae_cfg)
     z = jnp.zeros((1,) + tuple(latents.shape[1:]), jnp.float32)
     ae_params = random_like(jax.eval_shape(

@@ -21,6 +21,7 @@ Parameter counts (pinned in tests/test_lsgm_method.py): NVAE 100,867,740 (vae1/2
 """
 
 from lsgm_jax.config_defaults import get_lsgm_config
+from lsgm_jax.presets.nvae import nvae_cifar10_config, set_vae_fields
 
 VARIANTS = ("balanced_vae", "balanced", "best_fid_vae", "best_fid", "best_nll_vae", "best_nll",
             "best_fid_cld")
@@ -28,23 +29,8 @@ CIFAR_TRAIN = 50_000
 
 
 def _nvae(config, vae3: bool) -> None:
-  vae = config.lsgm.vae
-  big = 256 if vae3 else 128
-  cells = 3 if vae3 else 2
-  vae.num_channels_enc = vae.num_channels_dec = big
-  vae.num_preprocess_blocks = vae.num_postprocess_blocks = 1
-  vae.num_preprocess_cells = vae.num_postprocess_cells = cells
-  vae.num_cell_per_cond_enc = vae.num_cell_per_cond_dec = cells
-  vae.num_latent_scales = 1
-  vae.num_groups_per_scale = 4 if vae3 else 20
-  vae.num_latent_per_group = 45 if vae3 else 9
-  vae.channel_mult = (1, 2)
-  vae.arch_instance = "res_bnswish"
-  vae.use_se = True
-  vae.num_nf = 2 if vae3 else 0
-  vae.decoder_dist = "dml"
-  vae.num_mixture_dec = 10
-  vae.num_x_bits = 8
+  # vae1 and vae2 share an architecture (they differ in KL annealing, set above).
+  set_vae_fields(config.lsgm.vae, nvae_cifar10_config("vae3" if vae3 else "vae1"))
 
 
 def get_config(variant: str = "balanced_vae"):

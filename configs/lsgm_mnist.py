@@ -12,6 +12,7 @@ Variants: vae, lsgm.
 """
 
 from lsgm_jax.config_defaults import get_lsgm_config
+from lsgm_jax.presets.nvae import nvae_mnist_config, set_vae_fields
 
 VARIANTS = ("vae", "lsgm")
 MNIST_TRAIN = 60_000
@@ -49,18 +50,5 @@ def get_config(variant: str = "vae"):
   config.data.num_channels = 1
   config.data.binarize = True
   config.data.pad_to = 32
-  vae = config.lsgm.vae
-  vae.num_channels_enc = vae.num_channels_dec = 64
-  vae.num_preprocess_blocks = vae.num_postprocess_blocks = 2
-  vae.num_preprocess_cells = vae.num_postprocess_cells = 3
-  vae.num_cell_per_cond_enc = vae.num_cell_per_cond_dec = 1
-  vae.num_latent_scales = 1
-  vae.num_groups_per_scale = 2
-  vae.num_latent_per_group = 20
-  vae.channel_mult = (1, 2, 2)
-  vae.arch_instance = "res_mbconv"
-  vae.use_se = True
-  vae.num_nf = 0
-  vae.decoder_dist = "bin"
-  vae.crop_output = True
+  set_vae_fields(config.lsgm.vae, nvae_mnist_config())
   return config

@@ -199,7 +199,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   # Latent VAE (latent_vae_paper.txt): the deep VAE of appendix B (lsgm_jax.models.hvae)
   # on a first stage's latents (or pixels). Read by lsgm_jax.methods.latent_vae.
   config.latent_vae = lv = ml_collections.ConfigDict()
-  lv.preset = ""  # a name in models.hvae.CONFIGS (Table 5); "" = the fields below
+  lv.preset = ""  # a name in presets.hvae.CONFIGS (Table 5); "" = the fields below
   # (h, w, C) of the first stage's latents when config.data names the image dataset they
   # encode (paper configs before --mode=encode); training then needs data.name="latents".
   # () = the deep VAE models config.data as it is.

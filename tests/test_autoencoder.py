@@ -24,6 +24,7 @@ from lsgm_jax.models import autoencoder as ae_lib
 from lsgm_jax.models import autoencoder_convert as convert
 from lsgm_jax.models.perceptual import load_perceptual_net
 from lsgm_jax.objectives import autoencoder_losses as losses
+from lsgm_jax.presets import autoencoder as ae_presets
 
 # A tiny model with every kind of layer: attention at 4x4, nin_shortcut, down/upsample.
 TINY = ae_lib.AutoencoderConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1,
@@ -61,17 +62,17 @@ def test_kl_f8_has_the_ldm_parameter_count():
   """83,653,863 = LDM kl-f8 AutoencoderKL (the Stable Diffusion VAE architecture):
   encoder 34,163,592 + decoder 49,490,179 + quant_conv 72 + post_quant_conv 20, counted
   from the reference's layer shapes by ``count_ldm_params`` (see its code)."""
-  abstract = convert.abstract_params(ae_lib.PRESETS["kl-f8"])
+  abstract = convert.abstract_params(ae_presets.PRESETS["kl-f8"])
   sizes = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in abstract.items()}
   assert sizes == {"encoder": 34_163_592, "decoder": 49_490_179, "quant_conv": 72,
                    "post_quant_conv": 20}
-  for name, cfg in ae_lib.PRESETS.items():
+  for name, cfg in ae_presets.PRESETS.items():
     counted = sum(x.size for x in jax.tree.leaves(convert.abstract_params(cfg)))
     assert counted == ae_lib.count_ldm_params(cfg), name
-  assert ae_lib.count_ldm_params(ae_lib.PRESETS["kl-f4"]) == 55_312_063
-  assert ae_lib.count_ldm_params(ae_lib.PRESETS["kl-f16"]) == 69_610_963
+  assert ae_lib.count_ldm_params(ae_presets.PRESETS["kl-f4"]) == 55_312_063
+  assert ae_lib.count_ldm_params(ae_presets.PRESETS["kl-f16"]) == 69_610_963
   for name, shape in (("kl-f4", (64, 64, 3)), ("kl-f8", (32, 32, 4)), ("kl-f16", (16, 16, 16))):
-    assert ae_lib.PRESETS[name].latent_shape((256, 256, 3)) == shape
+    assert ae_presets.PRESETS[name].latent_shape((256, 256, 3)) == shape
 
 
 def _np_reference_encode_decode(sd: dict[str, np.ndarray], cfg, x_nhwc: np.ndarray):

@@ -13,6 +13,8 @@ import flax.linen as nn
 import pytest
 
 from lsgm_jax.models import hvae
+from lsgm_jax.models import hvae_layers, hvae_losses
+from lsgm_jax.presets import hvae as hvae_presets
 
 
 # --- parameter counts (latent VAE paper, Table 5) -------------------------------
@@ -23,7 +25,7 @@ from lsgm_jax.models import hvae
     ("imagenet256", 386_366_344),
 ])
 def test_reference_config_param_counts(name, expected):
-  cfg = hvae.CONFIGS[name]()
+  cfg = hvae_presets.CONFIGS[name]()
   if name != "church":  # remat changes no parameter (checked on church); it only
     cfg = dataclasses.replace(cfg, remat=())  # slows the tracing down
   assert hvae.count_params(cfg) == expected
@@ -37,7 +39,7 @@ def test_reference_config_param_counts(name, expected):
     ("bedroom_f16", 99.8e6),
 ])
 def test_table5_param_counts_within_one_percent(name, table):
-  n = hvae.count_params(dataclasses.replace(hvae.CONFIGS[name](), remat=()))
+  n = hvae.count_params(dataclasses.replace(hvae_presets.CONFIGS[name](), remat=()))
   assert abs(n - table) / table < 0.01, n
 
 
@@ -67,10 +69,10 @@ def test_config_validation():
 def test_guided_prior_closed_form():
   mu_c, mu_u = jnp.array([1.0, -2.0]), jnp.array([0.5, 1.0])
   s_c, s_u = jnp.array([0.5, 2.0]), jnp.array([1.0, 0.5])
-  mean, var = hvae.guided_prior(mu_c, s_c, mu_u, s_u, 1.5, 3.0)
+  mean, var = hvae_losses.guided_prior(mu_c, s_c, mu_u, s_u, 1.5, 3.0)
   np.testing.assert_allclose(mean, mu_c + 1.5 * (mu_c - mu_u), rtol=1e-6)
   np.testing.assert_allclose(var, s_c ** 2 * (s_c / s_u) ** 6, rtol=1e-5)
-  mean0, var0 = hvae.guided_prior(mu_c, s_c, mu_u, s_u, 0.0, 0.0)
+  mean0, var0 = hvae_losses.guided_prior(mu_c, s_c, mu_u, s_u, 0.0, 0.0)
   np.testing.assert_array_equal(mean0, mu_c)
   np.testing.assert_allclose(var0, s_c ** 2, rtol=1e-6)
 
@@ -107,8 +109,8 @@ def test_guided_layer_follows_eq2_with_hand_set_priors():
     return seen["z"]
 
   z = run()
-  var_c = np.asarray(hvae.smoothed_variance(jnp.asarray(raw_c, jnp.float32)))
-  var_u = np.asarray(hvae.smoothed_variance(jnp.asarray(raw_u, jnp.float32)))
+  var_c = np.asarray(hvae_losses.smoothed_variance(jnp.asarray(raw_c, jnp.float32)))
+  var_u = np.asarray(hvae_losses.smoothed_variance(jnp.asarray(raw_u, jnp.float32)))
   mean = mu_c + w_mu * (mu_c - mu_u)
   var = var_c * (var_c / var_u) ** w_sigma  # sigma_c^2 (sigma_c/sigma_u)^(2 w_sigma)
   eps = np.asarray(jax.random.normal(key, (1, 4, 4, zc)))
@@ -169,7 +171,7 @@ def test_tiny_forward_and_loss(tiny):
     out, new_state = model.apply({**variables, "params": params}, x, label,
                                  rngs={"sample": _key(2)},
                                  mutable=[hvae.SPECTRAL_COLLECTION])
-    terms = hvae.loss_terms(out, x, cfg.sigma_q, cfg.spectral_weight)
+    terms = hvae_losses.loss_terms(out, x, cfg.sigma_q, cfg.spectral_weight)
     return jnp.mean(terms["loss"]), (out, new_state)
 
   # Forward only: compiling the backward pass would triple this test's CPU time.
@@ -209,7 +211,7 @@ def test_tiny_unconditional_upsampler_forward_and_sample():
       variables)
   assert out.kl.shape == (2, cfg.total_groups)
   assert bool(jnp.all(jnp.isfinite(out.kl))) and bool(jnp.all(out.kl >= -1e-6))
-  terms = hvae.loss_terms(out, x, cfg.sigma_q)
+  terms = hvae_losses.loss_terms(out, x, cfg.sigma_q)
   assert bool(jnp.all(jnp.isfinite(terms["loss"])))
   lowres = model.apply(variables, x, method=hvae.HVAE.downsample_input)
   assert lowres.shape == (2, 4, 4, 3)
@@ -221,7 +223,7 @@ def test_tiny_unconditional_upsampler_forward_and_sample():
 def test_attention_is_real_attention():
   """Guards against the reference's defect (its output is a projection of q)."""
   heads, c = 2, 8
-  attn = hvae.Attention(c, heads)
+  attn = hvae_layers.Attention(c, heads)
   x = jnp.asarray(np.random.RandomState(0).normal(size=(1, 2, 2, c)), jnp.float32)
   params = _host_init(attn.init, x)["params"]
   params = {**params, "out": {"kernel": jnp.eye(c), "bias": jnp.zeros(c)}}

@@ -87,6 +87,7 @@ def test_latent_cld_method_routes_p_and_q_gradients():
 
   from lsgm_jax import data, methods
   from lsgm_jax.models import nvae as nvae_lib
+  from lsgm_jax.models import nvae_decoder_dist
   from tests.helpers import load_config
   from tests.test_lsgm_joint_gradients import _ConvScore, _DenseVAE
 
@@ -126,7 +127,7 @@ def test_latent_cld_method_routes_p_and_q_gradients():
     t_q, inv_q, u_q, eps_q, nm_q = lsgm_cld._draw(rng_q, cld, z0, "hsm", 1e-5, True)
     ce = (lsgm_cld.likelihood_term(cld, score(u_q, t_q), eps_q, nm_q, t_q, inv_q)
           + lsgm_cld.cross_entropy_const(cld, 1e-5, "hsm"))
-    recon = -nvae_lib.decoder_log_prob(method.vae_cfg, out.logits, x)
+    recon = -nvae_decoder_dist.decoder_log_prob(method.vae_cfg, out.logits, x)
     kl = (sum(jnp.sum(lq, axis=(1, 2, 3)) for lq in out.log_q) + jnp.sum(ce, axis=(1, 2, 3))
           + jnp.sum(0.5 * out.eps[2] ** 2 + 0.5 * math.log(2 * math.pi), axis=(1, 2, 3)))
     return jnp.mean(recon + 0.7 * kl), jnp.mean(p_obj)

@@ -38,6 +38,7 @@ import pytest
 
 from lsgm_jax import data, methods
 from lsgm_jax.models import nvae as nvae_lib
+from lsgm_jax.models import nvae_decoder_dist
 from tests.helpers import load_config
 
 BATCH = 4
@@ -169,7 +170,7 @@ def _reference_losses(method, config, params, state, x, rng):
                             mutable=list(nvae_lib.MUTABLE_COLLECTIONS))
   num_top = method.num_top
   z0 = jnp.concatenate(out.eps[:num_top], axis=-1)
-  recon = -nvae_lib.decoder_log_prob(method.vae_cfg, out.logits, x)
+  recon = -nvae_decoder_dist.decoder_log_prob(method.vae_cfg, out.logits, x)
   var, _, _, _ = _vp(config)
   b = lambda a: a[:, None, None, None]
 

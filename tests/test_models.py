@@ -14,8 +14,8 @@ import pytest
 
 from lsgm_jax.models import layers
 from lsgm_jax.models.mlp import ScoreMLP
-from lsgm_jax.models.ncsnpp import (NCSNpp, cld_cifar10_config, lsgm_cifar10_config,
-                                    lsgm_mnist_config)
+from lsgm_jax.models.ncsnpp import NCSNpp
+from lsgm_jax.presets.ncsnpp import cld_cifar10_config, lsgm_cifar10_config, lsgm_mnist_config
 from lsgm_jax.models.unet import UNet
 
 

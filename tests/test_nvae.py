@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from lsgm_jax.models import nvae as N
+from lsgm_jax.models import nvae_decoder_dist as D
 from lsgm_jax.models import nvae_layers as L
+from lsgm_jax.presets import nvae as nvae_presets
 
 TRAIN_MUTABLE = N.MUTABLE_COLLECTIONS
 
@@ -31,9 +33,9 @@ def _count(tree):
 # ----------------------------------------------------------------------------- sizes
 
 @pytest.mark.parametrize("name,make,expected,ftr0", [
-    ("cifar10_vae1", lambda: N.nvae_cifar10_config("vae1"), 100_867_740, (16, 16, 256)),
-    ("cifar10_vae3", lambda: N.nvae_cifar10_config("vae3"), 130_622_772, (16, 16, 512)),
-    ("mnist", N.nvae_mnist_config, 3_005_822, (8, 8, 128)),
+    ("cifar10_vae1", lambda: nvae_presets.nvae_cifar10_config("vae1"), 100_867_740, (16, 16, 256)),
+    ("cifar10_vae3", lambda: nvae_presets.nvae_cifar10_config("vae3"), 130_622_772, (16, 16, 512)),
+    ("mnist", nvae_presets.nvae_mnist_config, 3_005_822, (8, 8, 128)),
 ])
 def test_paper_param_counts(name, make, expected, ftr0):
   variables = _abstract_variables(make())
@@ -44,10 +46,10 @@ def test_paper_param_counts(name, make, expected, ftr0):
 
 
 def test_vae2_has_vae1_architecture():
-  assert N.nvae_cifar10_config("vae2") == N.nvae_cifar10_config("vae1")
-  assert N.nvae_cifar10_config("vae1").decoder_out_channels == 100
+  assert nvae_presets.nvae_cifar10_config("vae2") == nvae_presets.nvae_cifar10_config("vae1")
+  assert nvae_presets.nvae_cifar10_config("vae1").decoder_out_channels == 100
   with pytest.raises(ValueError, match="variant"):
-    N.nvae_cifar10_config("vae4")
+    nvae_presets.nvae_cifar10_config("vae4")
 
 
 def test_config_validation():
@@ -103,7 +105,7 @@ def test_tiny_forward_train_eval_and_sample():
     assert eps.shape == (4,) + shape
   assert np.all(np.isfinite(out.kl_per_group))
   assert np.all(out.kl_per_group >= 0)  # analytic KL (no flows)
-  ll = N.decoder_log_prob(cfg, out.logits, x)
+  ll = D.decoder_log_prob(cfg, out.logits, x)
   assert ll.shape == (4,) and np.all(np.isfinite(ll)) and np.all(ll <= 0)
   # BN statistics moved; spectral penalty and BN penalty are finite and positive.
   moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), state["batch_stats"],
@@ -118,16 +120,16 @@ def test_tiny_forward_train_eval_and_sample():
   out_eval = apply({"params": params, **state}, x, train=False,
                          rngs={"sample": k[3]})
   assert np.all(np.isfinite(out_eval.kl_per_group))
-  assert np.all(np.isfinite(N.decoder_log_prob(cfg, out_eval.logits, x)))
+  assert np.all(np.isfinite(D.decoder_log_prob(cfg, out_eval.logits, x)))
 
   # Prior sampling with temperature gives the data shape.
   sample = jax.jit(lambda v, r, t, e: model.apply(v, 3, t, e, method=N.NVAE.sample,
                                                   rngs={"sample": r}))
   logits = sample({"params": params, **state}, k[4], 0.7, None)
-  img = N.decoder_sample(cfg, logits, jax.random.PRNGKey(5))
+  img = D.decoder_sample(cfg, logits, jax.random.PRNGKey(5))
   assert img.shape == (3, 8, 8, 1)
   assert set(np.unique(np.asarray(img))) <= {-1.0, 1.0}
-  assert N.decoder_mean(cfg, logits).shape == (3, 8, 8, 1)
+  assert D.decoder_mean(cfg, logits).shape == (3, 8, 8, 1)
 
 
 def test_tiny_rgb_dml_flows_res_dist_gradients():
@@ -144,14 +146,14 @@ def test_tiny_rgb_dml_flows_res_dist_gradients():
     out, new = model.apply({**N.model_state(variables), "params": params}, x, train=True,
                            rngs={"sample": k[2]}, mutable=TRAIN_MUTABLE)
     assert out.kl_per_group.shape == (2, 3)
-    nelbo = -N.decoder_log_prob(cfg, out.logits, x) + jnp.sum(out.kl_per_group, axis=1)
+    nelbo = -D.decoder_log_prob(cfg, out.logits, x) + jnp.sum(out.kl_per_group, axis=1)
     return (jnp.mean(nelbo) + 1e-2 * N.spectral_norm_penalty(new["losses"])
             + 1e-2 * N.batchnorm_penalty(params))
 
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
   assert np.isfinite(loss)
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
-  img = N.decoder_sample(cfg, jnp.zeros((1, 8, 8, 30)), jax.random.PRNGKey(0), 0.5)
+  img = D.decoder_sample(cfg, jnp.zeros((1, 8, 8, 30)), jax.random.PRNGKey(0), 0.5)
   assert img.shape == (1, 8, 8, 3) and np.all(np.abs(img) <= 1)
 
 
@@ -164,7 +166,7 @@ def test_disc_mix_logistic_normalised(num_bits):
   grid = -1.0 + 2.0 * np.arange(2 ** num_bits) / (2 ** num_bits - 1)
   values = np.array(list(itertools.product(grid, repeat=3)), np.float32)  # all RGB triples
   x = jnp.asarray(values).reshape(-1, 1, 1, 3)
-  lp = N.disc_mix_logistic_log_prob(jnp.broadcast_to(logits, (len(values), 1, 1, 10 * m)), x,
+  lp = D.disc_mix_logistic_log_prob(jnp.broadcast_to(logits, (len(values), 1, 1, 10 * m)), x,
                                     num_mix=m, num_bits=num_bits)
   total = float(jnp.sum(jnp.exp(lp)))
   assert abs(total - 1.0) < 1e-3, total
@@ -173,8 +175,8 @@ def test_disc_mix_logistic_normalised(num_bits):
 def test_bernoulli_log_prob():
   logits = jnp.array([-3.0, -0.5, 0.0, 2.0])
   p = jax.nn.sigmoid(logits)
-  np.testing.assert_allclose(N.bernoulli_log_prob(logits, jnp.ones(4)), np.log(p), rtol=1e-5)
-  np.testing.assert_allclose(N.bernoulli_log_prob(logits, -jnp.ones(4)), np.log1p(-p), rtol=1e-5)
+  np.testing.assert_allclose(D.bernoulli_log_prob(logits, jnp.ones(4)), np.log(p), rtol=1e-5)
+  np.testing.assert_allclose(D.bernoulli_log_prob(logits, -jnp.ones(4)), np.log1p(-p), rtol=1e-5)
 
 
 def test_normal_kl_closed_form():

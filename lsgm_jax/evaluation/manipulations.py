@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from lsgm_jax.models import hvae
+from lsgm_jax.models import hvae_layers, hvae_losses
 
 Array = jax.Array
 PyTree = Any
@@ -116,7 +117,7 @@ def prior_pass(model: hvae.HVAE, variables: PyTree, key: Array, num: int,
       z = override(len(zs), args[0], mean, std)
       zs.append(z)
       return next_fun(z, *args[1:], **kwargs)
-    if (isinstance(context.module, hvae.Resample) and context.module.up
+    if (isinstance(context.module, hvae_layers.Resample) and context.module.up
         and width_factor > 1 and args[0].shape[2] == 1):
       return next_fun(jnp.tile(args[0], (1, 1, width_factor, 1)), **kwargs)
     return next_fun(*args, **kwargs)
@@ -139,13 +140,13 @@ def channel_activity(model: hvae.HVAE, variables: PyTree, x: Array,
     out = next_fun(*args, **kwargs)
     if isinstance(context.module, hvae.StochasticLayer) and context.method_name == "_prior":
       prior.append(out[:2])
-    elif (isinstance(context.module, hvae.Block) and context.module.name == "posterior"
+    elif (isinstance(context.module, hvae_layers.Block) and context.module.name == "posterior"
           and context.method_name == "__call__"):
       q_mean, q_raw = jnp.split(out[0], 2, axis=-1)
-      prior.append(("q", q_mean, hvae.smoothed_variance(q_raw)))
+      prior.append(("q", q_mean, hvae_losses.smoothed_variance(q_raw)))
     elif _is_z_proj(context):
       (_, q_mean, q_var), (p_mean, p_std) = prior[-2], prior[-1]
-      kl = hvae.gaussian_kl(q_mean, q_var, p_mean, p_std ** 2)
+      kl = hvae_losses.gaussian_kl(q_mean, q_var, p_mean, p_std ** 2)
       kls.append(jnp.mean(jnp.sum(kl, axis=(1, 2)), axis=0))
     return out
 

@@ -28,6 +28,7 @@ from lsgm_jax.methods.base import Method
 from lsgm_jax.models import autoencoder as ae_lib
 from lsgm_jax.models.discriminator import NLayerDiscriminator
 from lsgm_jax.objectives import autoencoder_losses as losses
+from lsgm_jax.presets import autoencoder as ae_presets
 from lsgm_jax.train_state import TrainState
 
 PyTree = Any
@@ -55,11 +56,11 @@ def autoencoder_config(config: ml_collections.ConfigDict, image_shape: tuple[int
                       f"{config.data.name!r} has shape {tuple(image_shape)}")
   channels = int(image_shape[-1])
   if a.preset:
-    if a.preset not in ae_lib.PRESETS:
+    if a.preset not in ae_presets.PRESETS:
       raise ConfigError(f"config.autoencoder.preset={a.preset!r} is not one of "
-                        f"{sorted(ae_lib.PRESETS)} (or '' for the fields)")
+                        f"{sorted(ae_presets.PRESETS)} (or '' for the fields)")
     import dataclasses  # pylint: disable=g-import-not-at-top
-    cfg = dataclasses.replace(ae_lib.PRESETS[a.preset], in_channels=channels,
+    cfg = dataclasses.replace(ae_presets.PRESETS[a.preset], in_channels=channels,
                               out_ch=channels)
   else:
     try:

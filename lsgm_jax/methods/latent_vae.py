@@ -31,9 +31,10 @@ import numpy as np
 
 from lsgm_jax import likelihood
 from lsgm_jax.methods.base import Method
-from lsgm_jax.models import hvae
-from lsgm_jax.objectives import vae as vae_objectives
 from lsgm_jax.methods import first_stage as first_stage_lib
+from lsgm_jax.models import hvae, hvae_losses
+from lsgm_jax.objectives import vae as vae_objectives
+from lsgm_jax.presets import hvae as hvae_presets
 
 PyTree = Any
 
@@ -56,16 +57,16 @@ def model_shape(lv: ml_collections.ConfigDict, data_info) -> tuple[int, int, int
 def build_hvae_config(lv: ml_collections.ConfigDict, data_info) -> hvae.HVAEConfig:
   """The ``HVAEConfig`` of ``config.latent_vae`` for data of ``model_shape``.
 
-  A ``preset`` (a Table 5 configuration in ``hvae.CONFIGS``) gives the architecture;
+  A ``preset`` (a Table 5 configuration in ``hvae_presets.CONFIGS``) gives the architecture;
   otherwise the per-level fields do. The config's sigma_q, spectral weight, label
   dropout, conditioning and remat switches override the preset's.
   """
   side, _, channels = model_shape(lv, data_info)
   if lv.preset:
-    if lv.preset not in hvae.CONFIGS:
+    if lv.preset not in hvae_presets.CONFIGS:
       raise ValueError(f"config.latent_vae.preset={lv.preset!r} is not one of "
-                       f"{sorted(hvae.CONFIGS)}")
-    cfg = hvae.CONFIGS[lv.preset]()
+                       f"{sorted(hvae_presets.CONFIGS)}")
+    cfg = hvae_presets.CONFIGS[lv.preset]()
     if (cfg.resolution, cfg.data_channels) != (side, channels):
       raise ValueError(
           f"config.latent_vae.preset={lv.preset!r} models {cfg.resolution}x"
@@ -186,7 +187,7 @@ class LatentVAE(Method):
                                          train=True)
     cfg = self.hvae_config
     out = jax.tree.map(lambda a: a.astype(jnp.float32), out)
-    terms = hvae.loss_terms(out, x, cfg.sigma_q, cfg.spectral_weight,
+    terms = hvae_losses.loss_terms(out, x, cfg.sigma_q, cfg.spectral_weight,
                             kl_weights=self.kl_weights(out.kl))
     loss = jnp.mean(terms["loss"])
     metrics = {
@@ -211,7 +212,7 @@ class LatentVAE(Method):
     kl = jnp.sum(out.kl, axis=-1)
     nelbo = gaussian_nll(x, out.mean, out.logvar) + kl
     terms = {"nelbo_nats": nelbo, "kl": kl,
-             "recon": hvae.reconstruction_kl(x, out.mean, out.logvar,
+             "recon": hvae_losses.reconstruction_kl(x, out.mean, out.logvar,
                                              self.hvae_config.sigma_q)}
     info = self.data_info
     if info.num_levels and self.config.data.dequantize and info.name != "latents":

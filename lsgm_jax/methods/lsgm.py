@@ -50,6 +50,7 @@ from lsgm_jax import checkpoint, likelihood, optim, samplers
 from lsgm_jax import data as data_lib
 from lsgm_jax.methods.base import COMPUTE_DTYPES, Method
 from lsgm_jax.models import nvae as nvae_lib
+from lsgm_jax.models import nvae_decoder_dist
 from lsgm_jax.models.registry import build_model
 from lsgm_jax.objectives import lsgm as lsgm_obj
 from lsgm_jax.objectives import nvae_kl, spectral_regularization
@@ -411,7 +412,7 @@ class LSGM(Method):
     vae_rng, loss_rng, drop_rng = jax.random.split(rng, 3)
     out, new_vars = self._vae_forward(params, model_state, x, vae_rng, train=True)
     new_state = dict(model_state, vae=nvae_lib.model_state(new_vars))
-    recon = -nvae_lib.decoder_log_prob(self.vae_cfg, out.logits, x)
+    recon = -nvae_decoder_dist.decoder_log_prob(self.vae_cfg, out.logits, x)
     coeff = self._kl_coeff(step)
     reg_q = float(lc.weight_decay_norm_vae) * (
         nvae_lib.spectral_norm_penalty(new_vars["losses"])
@@ -501,7 +502,7 @@ class LSGM(Method):
     x = batch["x"]
     vae_rng, ce_rng, ode_rng = jax.random.split(rng, 3)
     out, _ = self._vae_forward(params, model_state, x, vae_rng, train=False)
-    recon = -nvae_lib.decoder_log_prob(self.vae_cfg, out.logits, x)
+    recon = -nvae_decoder_dist.decoder_log_prob(self.vae_cfg, out.logits, x)
     if not self.is_vada:
       nelbo = recon + jnp.sum(out.kl_per_group, axis=1)
       return {"nelbo": nelbo, "recon": recon, **self._per_dim(nelbo)}
@@ -558,8 +559,8 @@ class LSGM(Method):
     logits = self.vae.apply(variables, num, float(lc.vae_temperature), eps_z,
                             method=nvae_lib.NVAE.sample, rngs={"sample": vae_rng})
     if lc.decoder_output == "mean":
-      images = nvae_lib.decoder_mean(self.vae_cfg, logits)
+      images = nvae_decoder_dist.decoder_mean(self.vae_cfg, logits)
     else:
-      images = nvae_lib.decoder_sample(self.vae_cfg, logits, out_rng)
+      images = nvae_decoder_dist.decoder_sample(self.vae_cfg, logits, out_rng)
     info.setdefault("nfe", jnp.zeros((), jnp.float32))
     return images, info

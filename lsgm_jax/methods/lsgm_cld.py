@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from lsgm_jax import likelihood
 from lsgm_jax.methods import lsgm as lsgm_method
+from lsgm_jax.models import nvae_decoder_dist
 from lsgm_jax.objectives import lsgm_cld
 from lsgm_jax.sde.base import batch_broadcast
 from lsgm_jax.sde.cld import CLD
@@ -142,7 +143,7 @@ class LatentCLD(lsgm_method.LSGM):
     x = batch["x"]
     vae_rng, ce_rng, ode_rng = jax.random.split(rng, 3)
     out, _ = self._vae_forward(params, model_state, x, vae_rng, train=False)
-    recon = -lsgm_method.nvae_lib.decoder_log_prob(self.vae_cfg, out.logits, x)
+    recon = -nvae_decoder_dist.decoder_log_prob(self.vae_cfg, out.logits, x)
     log_q = sum(jnp.sum(lq, axis=(1, 2, 3)) for lq in out.log_q)
     rest = sum((jnp.sum(self._neg_log_normal(e), axis=(1, 2, 3))
                 for e in out.eps[self.num_top:]), jnp.zeros_like(recon))
@@ -177,9 +178,9 @@ class LatentCLD(lsgm_method.LSGM):
     logits = self.vae.apply(variables, num, float(lc.vae_temperature), self._split_groups(z0),
                             method=lsgm_method.nvae_lib.NVAE.sample, rngs={"sample": vae_rng})
     if lc.decoder_output == "mean":
-      images = lsgm_method.nvae_lib.decoder_mean(self.vae_cfg, logits)
+      images = nvae_decoder_dist.decoder_mean(self.vae_cfg, logits)
     else:
-      images = lsgm_method.nvae_lib.decoder_sample(self.vae_cfg, logits, out_rng)
+      images = nvae_decoder_dist.decoder_sample(self.vae_cfg, logits, out_rng)
     info.setdefault("nfe", jnp.zeros((), jnp.float32))
     return images, info
 

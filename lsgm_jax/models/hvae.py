@@ -26,8 +26,10 @@ The model (``HVAE``) follows the authors' JAX code (ericl122333/latent-vae-jax,
   ``guided=True``, which runs conditional and unconditional hidden states side by side
   and draws one z per layer from the guided prior.
 
-Paper configurations are at the bottom (``*_config``); their trainable-parameter
-counts are pinned in tests/test_hvae.py.
+Layers live in ``lsgm_jax.models.hvae_layers``, the Gaussian algebra, the guided prior
+and the losses in ``lsgm_jax.models.hvae_losses``; the paper configurations (Table 5)
+in ``lsgm_jax.presets.hvae``, their trainable-parameter counts pinned in
+tests/test_hvae.py.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lsgm_jax.models.hvae_layers import SPECTRAL_COLLECTION  # noqa: F401 (the model's collection)
+from lsgm_jax.models.hvae_layers import Attention, Block, Resample, scaled_conv
+from lsgm_jax.models.hvae_losses import gaussian_kl, guided_mean_std, smoothed_variance
+
 Array = jax.Array
 
-# Collection holding the power-iteration vectors of the spectral-norm penalty.
-SPECTRAL_COLLECTION = "spectral"
 # RNG stream for the posterior noise and the label drop of classifier-free guidance.
 SAMPLE_RNG = "sample"
 
@@ -149,195 +153,7 @@ def remat_from(resolutions: Sequence[int], min_resolution: int = 8) -> tuple[boo
 
 
 # ---------------------------------------------------------------------------
-# Gaussian helpers
-
-
-def smoothed_variance(raw: Array) -> Array:
-  """Positive variance from an unconstrained output: softplus(ln2 x) / ln2 (1 at 0)."""
-  return jax.nn.softplus(math.log(2.0) * raw) / math.log(2.0)
-
-
-def gaussian_kl(mean1: Array, var1: Array, mean2: Array, var2: Array) -> Array:
-  """Elementwise KL( N(mean1, var1) || N(mean2, var2) )."""
-  return 0.5 * (jnp.log(var2) - jnp.log(var1) - 1.0 + (var1 + (mean1 - mean2) ** 2) / var2)
-
-
-def _guided_mean_std(mu_c, sigma_c, mu_u, sigma_u, w_mu, w_sigma):
-  mean = mu_c + w_mu * (mu_c - mu_u)
-  # sigma_c (sigma_c / sigma_u)^w_sigma, in logs; exactly sigma_c when w_sigma == 0.
-  std = sigma_c * jnp.exp(w_sigma * (jnp.log(sigma_c) - jnp.log(sigma_u)))
-  return mean, std
-
-
-def guided_prior(mu_c: Array, sigma_c: Array, mu_u: Array, sigma_u: Array,
-                 w_mu: float | Array, w_sigma: float | Array) -> tuple[Array, Array]:
-  """Guided prior of classifier-free guidance for VAEs (latent VAE paper, eq. 2).
-
-  Args:
-    mu_c, sigma_c: mean and std of the class-conditional prior.
-    mu_u, sigma_u: mean and std of the unconditional (null-label) prior.
-    w_mu, w_sigma: guidance weights of the mean and of the std.
-
-  Returns:
-    ``(mean, variance)`` of N(mu_c + w_mu (mu_c - mu_u),
-    sigma_c^2 (sigma_c / sigma_u)^(2 w_sigma)).
-  """
-  mean, std = _guided_mean_std(mu_c, sigma_c, mu_u, sigma_u, w_mu, w_sigma)
-  return mean, std ** 2
-
-
-# ---------------------------------------------------------------------------
-# Layers
-
-
-def _scaled_init(scale: float) -> nn.initializers.Initializer:
-  """Glorot-uniform scaled by ``scale`` (the reference's output-layer damping)."""
-  return nn.initializers.variance_scaling(scale ** 2, "fan_avg", "uniform")
-
-
-def _conv(features: int, kernel: int, scale: float = 1.0, use_bias: bool = True,
-          name: str | None = None) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), padding="SAME", use_bias=use_bias,
-                 kernel_init=_scaled_init(scale), name=name)
-
-
-class SpectralConv(nn.Module):
-  """Convolution that also returns ``weight * sigma_max(kernel)`` (spectral penalty).
-
-  sigma_max is estimated by one power-iteration step per call on the kernel reshaped
-  to ``[k*k*C_in, C_out]``; the right singular vector is kept in the ``spectral``
-  collection and updated only when that collection is mutable. The vectors are held
-  constant in the gradient (Yoshida & Miyato, 2017).
-  """
-
-  features: int
-  kernel_size: int
-  scale: float = 1.0
-  weight: float = 1.0
-
-  @nn.compact
-  def __call__(self, x: Array) -> tuple[Array, Array]:
-    """Args: x ``[B,H,W,C]``. Returns (``[B,H,W,features]``, scalar penalty)."""
-    k = self.kernel_size
-    kernel = self.param("kernel", _scaled_init(self.scale),
-                        (k, k, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    out = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
-
-    # A fixed start vector (no RNG): the power iteration moves it on every update.
-    u_var = self.variable(SPECTRAL_COLLECTION, "u", lambda: jnp.full(
-        (self.features,), 1.0 / math.sqrt(self.features), jnp.float32))
-    w = kernel.reshape(-1, self.features)
-    u = jax.lax.stop_gradient(u_var.value)
-    v = w @ u
-    v = jax.lax.stop_gradient(v / (jnp.linalg.norm(v) + 1e-12))
-    u_new = w.T @ v
-    u_new = jax.lax.stop_gradient(u_new / (jnp.linalg.norm(u_new) + 1e-12))
-    sigma = v @ w @ u_new
-    if self.is_mutable_collection(SPECTRAL_COLLECTION) and not self.is_initializing():
-      u_var.value = u_new
-    return out, self.weight * sigma
-
-
-class Block(nn.Module):
-  """Residual inverted-bottleneck block (latent VAE paper, appendix B).
-
-  swish -> conv k x k (``features``) -> swish -> conv k x k -> swish -> 1x1 expand by
-  ``ffn_ratio`` -> swish -> 1x1 to ``out_features``; k = 3, or 1 for 1x1 levels. With
-  ``ffn_ratio == 0`` it is the two-conv block (conv k x k, then a 3x3 output conv).
-  With a ``label`` embedding, a Dense projection of it is added to the input. With
-  ``spectral_weight`` set, the output conv carries the spectral penalty and the block
-  has no residual (posterior / prior heads); otherwise the residual is added when the
-  widths agree.
-  """
-
-  features: int
-  out_features: int
-  ffn_ratio: int
-  spatial: bool = True
-  out_scale: float = 1.0
-  spectral_weight: float | None = None
-
-  @nn.compact
-  def __call__(self, inputs: Array, label: Array | None = None) -> tuple[Array, Array]:
-    """Args: inputs ``[B,H,W,C]``, label ``[B,E]`` or None.
-
-    Returns: (``[B,H,W,out_features]``, scalar spectral penalty (0 when unset)).
-    """
-    x = inputs
-    if label is not None:
-      x = x + nn.Dense(x.shape[-1], name="label_proj")(label)[:, None, None, :]
-    k = 3 if self.spatial else 1
-    x = _conv(self.features, k, name="conv1")(nn.swish(x))
-    if self.ffn_ratio:
-      x = _conv(self.features, k, name="conv2")(nn.swish(x))
-      x = _conv(self.features * self.ffn_ratio, 1, name="ffn_in")(nn.swish(x))
-      out_kernel = 1
-    else:
-      out_kernel = 3
-    if self.spectral_weight is not None:
-      return SpectralConv(self.out_features, out_kernel, self.out_scale,
-                          self.spectral_weight, name="out")(nn.swish(x))
-    x = _conv(self.out_features, out_kernel, self.out_scale, name="out")(nn.swish(x))
-    if self.out_features == inputs.shape[-1]:
-      x = x + inputs
-    return x, jnp.zeros((), x.dtype)
-
-
-class Attention(nn.Module):
-  """Residual multi-head self-attention over the H*W positions, zero-initialised output.
-
-  NOTE: the reference (latent-vae-jax ``nn.py`` ``AttentionLayer``) computes the
-  multi-head attention and then overwrites its result with a reshape of q, so its
-  layers output x plus a projection of q. Here the attention output is used, as
-  intended; the parameters (and their count) are the same. With one head the query
-  and key projections are fused into one matrix and the value / output projections
-  likewise, as in the reference.
-  """
-
-  features: int
-  num_heads: int
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """Args: x ``[B,H,W,C]``. Returns the same shape."""
-    b, h, w, c = x.shape
-    seq = x.reshape(b, h * w, c)
-    if self.num_heads == 1:
-      q = nn.Dense(c, name="qk")(seq)
-      logits = jnp.einsum("bqc,bkc->bqk", q, seq) / math.sqrt(c)
-      out = jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(logits, axis=-1), seq)
-    else:
-      d = c // self.num_heads
-      qkv = nn.Dense(3 * c, name="qkv")(seq)
-      q, k, v = (t.reshape(b, h * w, self.num_heads, d) for t in jnp.split(qkv, 3, -1))
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
-      out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
-      out = out.reshape(b, h * w, c)
-    out = nn.Dense(c, kernel_init=nn.initializers.zeros, name="out")(out)
-    return (seq + out).reshape(b, h, w, c)
-
-
-class Resample(nn.Module):
-  """Average-pool down or nearest up by ``factor``, then a 1x1 conv if the width changes."""
-
-  features: int
-  factor: int
-  up: bool
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    b, h, w, c = x.shape
-    f = self.factor
-    if self.up:
-      x = jax.image.resize(x, (b, h * f, w * f, c), method="nearest")
-    else:
-      x = nn.avg_pool(x, (f, f), (f, f))
-    if self.features != c:
-      x = _conv(self.features, 1, name="proj")(x)
-    return x
+# Stochastic layers and levels
 
 
 class StochasticLayer(nn.Module):
@@ -364,11 +180,11 @@ class StochasticLayer(nn.Module):
     spatial = self.resolution >= 4
     sr = float(self.resolution)  # the reference weights the penalty by the resolution
     p_out = self.features + (2 * self.z_channels if self.hierarchical_prior else 0)
-    self.merge = _conv(self.features, 1)
+    self.merge = scaled_conv(self.features, 1)
     self.posterior = Block(self.features, 2 * self.z_channels, self.ffn_ratio, spatial,
                            1.0, sr)
     self.prior = Block(self.features, p_out, self.ffn_ratio, spatial, 1e-10, sr)
-    self.z_proj = _conv(self.features, 1, self.out_scale, use_bias=False)
+    self.z_proj = scaled_conv(self.features, 1, self.out_scale, use_bias=False)
     self.shared = Block(self.features, self.features, self.ffn_ratio, spatial,
                         self.out_scale)
 
@@ -415,7 +231,7 @@ class StochasticLayer(nn.Module):
     mean, std, h_c, _ = self._prior(x_c, label)
     if x_u is not None:
       mean_u, std_u, h_u, _ = self._prior(x_u, null_label)
-      mean, std = _guided_mean_std(mean, std, mean_u, std_u, w_mu, w_sigma)
+      mean, std = guided_mean_std(mean, std, mean_u, std_u, w_mu, w_sigma)
     z = mean + std * temperature * jax.random.normal(key, mean.shape, mean.dtype)
     zp = self.z_proj(z)
     x_c, _ = self.shared(x_c + zp + h_c, label)
@@ -560,7 +376,7 @@ class HVAE(nn.Module):
     if cfg.num_classes > 0:
       # The extra last entry is the null label of classifier-free guidance.
       self.embed = nn.Embed(cfg.num_classes + 1, dec_c[-1])
-    self.enc_in = _conv(enc_c[0], 3)
+    self.enc_in = scaled_conv(enc_c[0], 3)
     self.encoder = [
         EncoderLevel(enc_c[i], cfg.enc_layers[i], cfg.num_attention[i],
                      cfg.attention_heads[i], res[i], cfg.ffn_ratio[i], out_scale,
@@ -568,7 +384,7 @@ class HVAE(nn.Module):
                      res[i + 1] if i + 1 < n else None, remat[i])
         for i in range(n)]
     if cfg.lowres_conditioning:
-      self.lowres_in = _conv(dec_c[-1], 1)
+      self.lowres_in = scaled_conv(dec_c[-1], 1)
     else:
       self.initial_x = self.param("initial_x", nn.initializers.zeros,
                                   (1, res[-1], res[-1], dec_c[-1]))
@@ -580,7 +396,7 @@ class HVAE(nn.Module):
                      dec_c[i - 1] if i > 0 else None, res[i - 1] if i > 0 else None,
                      remat[i])
         for i in reversed(range(n))]
-    self.out_proj = _conv(2 * cfg.data_channels, 1)
+    self.out_proj = scaled_conv(2 * cfg.data_channels, 1)
 
   def _initial_state(self, batch: int, lowres: Array | None) -> Array:
     if self.config.lowres_conditioning:
@@ -673,44 +489,6 @@ class HVAE(nn.Module):
     return jnp.split(self.out_proj(x_c), 2, axis=-1)[0]
 
 
-# ---------------------------------------------------------------------------
-# Losses
-
-
-def reconstruction_kl(x: Array, mean: Array, logvar: Array, sigma_q: float) -> Array:
-  """Per-example KL( N(x, sigma_q^2) || N(mean, exp(logvar)) ) summed over pixels.
-
-  The reconstruction term of appendix B: a fixed-variance target instead of a
-  likelihood, which keeps the predicted variance from dropping below sigma_q^2.
-  """
-  kl = gaussian_kl(x, jnp.asarray(sigma_q ** 2, x.dtype), mean, jnp.exp(logvar))
-  return jnp.sum(kl, axis=tuple(range(1, x.ndim)))
-
-
-def loss_terms(output: HVAEOutput, x: Array, sigma_q: float,
-               spectral_weight: float = 0.1,
-               kl_weights: Array | None = None) -> dict[str, Array]:
-  """Per-example loss terms of one posterior pass.
-
-  Args:
-    output: from ``HVAE.__call__``.
-    x: the data that was encoded.
-    sigma_q: reconstruction target std (Table 5).
-    spectral_weight: weight of the spectral penalty (Table 5 "SR penalty").
-    kl_weights: optional per-layer weights ``[L]`` (or ``[B, L]``) of the KL terms
-      (e.g. a KL-balancing schedule); ones if None.
-
-  Returns:
-    dict of ``[B]`` arrays: ``recon``, ``kl`` (unweighted sum), ``loss`` (recon +
-    weighted KL + spectral penalty, the penalty shared by every example).
-  """
-  recon = reconstruction_kl(x, output.mean, output.logvar, sigma_q)
-  kl = jnp.sum(output.kl, axis=-1)
-  weighted = kl if kl_weights is None else jnp.sum(output.kl * kl_weights, axis=-1)
-  return {"recon": recon, "kl": kl,
-          "loss": recon + weighted + spectral_weight * output.spectral}
-
-
 @functools.lru_cache(maxsize=32)
 def count_params(config: HVAEConfig, batch: int = 1) -> int:
   """Trainable parameters (``params`` collection) of ``HVAE(config)``, via eval_shape
@@ -722,102 +500,3 @@ def count_params(config: HVAEConfig, batch: int = 1) -> int:
   keys = {"params": jax.random.PRNGKey(0), SAMPLE_RNG: jax.random.PRNGKey(1)}
   shapes = jax.eval_shape(lambda: model.init(keys, x, label))
   return sum(math.prod(v.shape) for v in jax.tree_util.tree_leaves(shapes["params"]))
-
-
-# ---------------------------------------------------------------------------
-# Paper configurations (latent VAE paper, Table 5)
-
-
-def church_config() -> HVAEConfig:
-  """Church Latent-VAE (reference config/church.py): 119,137,672 parameters."""
-  return HVAEConfig(
-      resolution=32, channels=192, enc_channels=192, channel_mult=(1, 1, 1, 1, 1),
-      ffn_ratio=(4, 4, 4, 4, 4), num_groups=(8, 8, 8, 8, 8), enc_layers=(4, 4, 4, 4, 4),
-      num_attention=(4, 4, 4, 0, 0), attention_heads=(4, 8, 8, 0, 0), data_channels=4,
-      z_channels=16, remat=remat_from((32, 16, 8, 4, 1)), sigma_q=0.07,
-      spectral_weight=0.1)
-
-
-def church_rgb32_config() -> HVAEConfig:
-  """Church 32^2 RGB (Table 5, no reference file): the latent model on 3 channels."""
-  return dataclasses.replace(church_config(), data_channels=3, sigma_q=0.035)
-
-
-def church_upsampler_config() -> HVAEConfig:
-  """Church upsampler 32 -> 256 (Table 5, no reference file; heads not given: 4)."""
-  res = level_resolutions(256, 4)
-  return HVAEConfig(
-      resolution=256, channels=64, enc_channels=64, channel_mult=(2, 2, 3, 3),
-      ffn_ratio=(0, 0, 4, 4), num_groups=(3, 6, 8, 8), enc_layers=(2, 3, 4, 4),
-      num_attention=(0, 0, 0, 4), attention_heads=(0, 0, 0, 4), data_channels=3,
-      lowres_conditioning=True, remat=remat_from(res), sigma_q=0.05,
-      spectral_weight=0.25)
-
-
-def church_pixel_config() -> HVAEConfig:
-  """Church pixel-space VAE at 256^2 (Table 5, no reference file; heads not given)."""
-  res = level_resolutions(256, 8)
-  return HVAEConfig(
-      resolution=256, channels=64, enc_channels=64,
-      channel_mult=(2, 2, 3, 3, 3, 3, 3, 3), ffn_ratio=(0, 0, 0, 4, 4, 4, 4, 4),
-      num_groups=(2, 5, 8, 8, 8, 8, 8, 8), enc_layers=(2, 3, 4, 4, 4, 4, 4, 4),
-      num_attention=(0, 0, 0, 4, 4, 4, 0, 0), attention_heads=(0, 0, 0, 4, 8, 8, 0, 0),
-      data_channels=3, remat=remat_from(res), sigma_q=0.05, spectral_weight=0.25)
-
-
-def bedroom_f4_config() -> HVAEConfig:
-  """Bedroom f-4 (reference config/bedroom.py): 96,241,478 parameters.
-
-  Table 5 lists channel multipliers 1,...; the reference file (whose count the table
-  reports) uses 2,2,2,3,3,3 with base 64.
-  """
-  res = level_resolutions(64, 6)
-  return HVAEConfig(
-      resolution=64, channels=64, enc_channels=64, channel_mult=(2, 2, 2, 3, 3, 3),
-      ffn_ratio=(0, 4, 4, 4, 4, 4), num_groups=(8, 12, 10, 8, 6, 6),
-      enc_layers=(4, 6, 5, 4, 3, 3), num_attention=(0, 4, 4, 4, 0, 0),
-      attention_heads=(0, 4, 8, 8, 0, 0), data_channels=3, z_channels=16,
-      remat=remat_from(res), sigma_q=0.1, spectral_weight=0.1)
-
-
-def bedroom_f8_config() -> HVAEConfig:
-  """Bedroom f-8, 32^2 x 4 latents (Table 5, no reference file; heads as Church)."""
-  return HVAEConfig(
-      resolution=32, channels=192, enc_channels=192, channel_mult=(1, 1, 1, 1, 1),
-      ffn_ratio=(4, 4, 4, 4, 4), num_groups=(8, 8, 7, 6, 6), enc_layers=(4, 4, 4, 3, 3),
-      num_attention=(4, 4, 4, 0, 0), attention_heads=(4, 8, 8, 0, 0), data_channels=4,
-      remat=remat_from((32, 16, 8, 4, 1)), sigma_q=0.07, spectral_weight=0.1)
-
-
-def bedroom_f16_config() -> HVAEConfig:
-  """Bedroom f-16, 16^2 x 16 latents (Table 5, no reference file; LDM's f-16 KL
-  autoencoder has 16 latent channels; heads as Church)."""
-  return HVAEConfig(
-      resolution=16, channels=192, enc_channels=192, channel_mult=(1, 1, 1, 1),
-      ffn_ratio=(4, 4, 4, 4), num_groups=(10, 9, 8, 6), enc_layers=(5, 5, 4, 3),
-      num_attention=(4, 4, 0, 0), attention_heads=(4, 8, 0, 0), data_channels=16,
-      remat=remat_from((16, 8, 4, 1)), sigma_q=0.07, spectral_weight=0.1)
-
-
-def imagenet256_config() -> HVAEConfig:
-  """Class-conditional ImageNet-256 on f-8 latents (reference
-  config/imagenet256_kl8.py): 386,366,344 parameters."""
-  return HVAEConfig(
-      resolution=32, channels=256, enc_channels=384, channel_mult=(1, 1, 1, 1, 1),
-      ffn_ratio=(4, 6, 8, 10, 12), num_groups=(10, 12, 10, 8, 8),
-      enc_layers=(4, 5, 4, 3, 3), num_attention=(4, 4, 4, 0, 0),
-      attention_heads=(4, 8, 8, 8, 8), data_channels=4, z_channels=16,
-      num_classes=1000, hierarchical_prior=True, remat=remat_from((32, 16, 8, 4, 1)),
-      sigma_q=0.07, spectral_weight=0.1)
-
-
-CONFIGS = {
-    "church": church_config,
-    "church_rgb32": church_rgb32_config,
-    "church_upsampler": church_upsampler_config,
-    "church_pixel": church_pixel_config,
-    "bedroom_f4": bedroom_f4_config,
-    "bedroom_f8": bedroom_f8_config,
-    "bedroom_f16": bedroom_f16_config,
-    "imagenet256": imagenet256_config,
-}

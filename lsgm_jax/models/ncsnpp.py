@@ -1,8 +1,7 @@
-"""NCSN++ score network (Song et al. 2021, score_sde ``models/ncsnpp.py``) and its
-CLD-SGM and LSGM configurations.
+"""NCSN++ score network (Song et al. 2021, score_sde ``models/ncsnpp.py``).
 
-One module, :class:`NCSNpp`; the paper models are configurations of it (see the
-``*_config`` helpers at the bottom, whose counts are pinned in tests/test_models.py):
+One module, :class:`NCSNpp`; the paper models are configurations of it, in
+``lsgm_jax.presets.ncsnpp`` (their counts pinned in tests/test_models.py):
 
 * ``cld_cifar10_config()`` -- CLD-SGM CIFAR-10 (nv-tlabs/CLD-SGM configs/default_cifar10.txt
   + specific_cifar10.txt): input u = (x, v) with 6 channels, output the velocity score
@@ -61,8 +60,8 @@ class _PyramidHead(nn.Module):
 class NCSNpp(nn.Module):
   """NCSN++ ``s(x, t)`` on NHWC images (or latents).
 
-  The defaults are CLD-SGM's CIFAR-10 architecture; ``cld_cifar10_config`` adds its
-  6 -> 3 channel counts.
+  The defaults are CLD-SGM's CIFAR-10 architecture;
+  ``presets.ncsnpp.cld_cifar10_config`` adds its 6 -> 3 channel counts.
 
   Attributes:
     nf: base channel count.
@@ -298,70 +297,3 @@ class NCSNpp(nn.Module):
       h = nn.silu(layers.group_norm(h.shape[-1], dtype, "norm_out", self.max_groups)(h))
       h = layers.conv3x3(out_ch_img, dtype, init_scale=self.init_scale, name="conv_out")(h)
     return h.astype(jnp.float32)
-
-
-# --------------------------------------------------------------- paper configurations
-
-def cld_cifar10_config(**overrides: Any) -> dict[str, Any]:
-  """NCSNpp fields of CLD-SGM's CIFAR-10 model (107,593,859 trainable parameters).
-
-  nv-tlabs/CLD-SGM configs/default_cifar10.txt + specific_cifar10.txt: nf 128, ch_mult
-  1,2,2,2 at 32/16/8/4, 8 res blocks, attention at 16, BigGAN blocks, FIR 1,3,3,1, skip
-  rescale, residual progressive input, no progressive output, init scale 0, dropout 0.1,
-  Fourier scale 16 on log t; input (x, v) = 6 channels, output the 3-channel velocity
-  score (CLD paper Sec. 3.2: the network predicts only the v-score).
-
-  Args:
-    **overrides: fields to change (e.g. ``dtype``, ``remat``).
-
-  Returns:
-    Keyword arguments for ``NCSNpp``.
-  """
-  cfg = dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=8, attn_resolutions=(16,),
-             dropout=0.1, fir=True, fir_kernel=(1, 3, 3, 1), skip_rescale=True,
-             resblock_type="biggan", progressive="none", progressive_input="residual",
-             progressive_combine="sum", init_scale=0.0, embedding_type="fourier",
-             fourier_scale=16.0, fourier_log_t=True, in_channels=6, out_channels=3)
-  cfg.update(overrides)
-  return cfg
-
-
-def lsgm_config(num_channels: int, nf: int, num_levels: int, fir: bool,
-                mixing_logit_init: float | None, **overrides: Any) -> dict[str, Any]:
-  """NCSNpp fields of LSGM's latent score model (NVlabs/LSGM score_sde/ncsnpp.py).
-
-  All channel multipliers 1; attention fixed at 16; 8 res blocks; BigGAN blocks, skip
-  rescale, init scale 0; positional embedding of ``1000 t`` with 128 features, time
-  width 512; no input/output pyramid; dropout 0.2 (README commands).
-
-  Args:
-    num_channels: total latent channels (input = output).
-    nf: ``--num_channels_dae``.
-    num_levels: ``--num_scales_dae``.
-    fir: ``--fir``.
-    mixing_logit_init: ``--mixing_logit_init`` (None: no mixing logit).
-    **overrides: fields to change.
-
-  Returns:
-    Keyword arguments for ``NCSNpp``.
-  """
-  cfg = dict(nf=nf, ch_mult=(1,) * num_levels, num_res_blocks=8, attn_resolutions=(16,),
-             dropout=0.2, fir=fir, skip_rescale=True, resblock_type="biggan",
-             progressive="none", progressive_input="none", init_scale=0.0,
-             embedding_type="positional", time_scale=1000.0, embedding_dim=128,
-             in_channels=num_channels, out_channels=num_channels,
-             mixing_logit_init=mixing_logit_init)
-  cfg.update(overrides)
-  return cfg
-
-
-def lsgm_cifar10_config(**overrides: Any) -> dict[str, Any]:
-  """LSGM CIFAR-10 score model: 180 latent channels at 16x16, nf 512, 3 levels, FIR,
-  mixing logit init -3 (375,561,064 trainable parameters with the logit)."""
-  return lsgm_config(180, 512, 3, True, -3.0, **overrides)
-
-
-def lsgm_mnist_config(**overrides: Any) -> dict[str, Any]:
-  """LSGM MNIST score model: 40 latent channels at 8x8, nf 256, 2 levels, no FIR,
-  mixing logit init -6 (63,774,544 trainable parameters with the logit)."""
-  return lsgm_config(40, 256, 2, False, -6.0, **overrides)
