@@ -51,10 +51,26 @@ def test_level_resolutions_collapse_below_four():
   assert hvae.level_resolutions(256, 8) == (256, 128, 64, 32, 16, 8, 4, 1)
 
 
+def _reference_placement(n: int, k: int, first: int) -> list[int]:
+  """latent-vae-jax: indices round(i n / (k + 1)), i = 1..k (general_utils.py), matched
+  by ``i in indices`` against ``range(1, n + 1)`` in the generator and ``range(n)`` in
+  the encoder (model.py): the layers after which attention follows."""
+  indices = [round(n / (k + 1) * i) for i in range(1, k + 1)] if k else []
+  return [i for i in range(first, first + n) if i in indices]
+
+
 def test_attention_positions():
   assert hvae.attention_positions(8, 0) == ()
-  assert len(hvae.attention_positions(8, 4)) == 4
+  assert hvae.attention_positions(8, 4) == (2, 3, 5, 6)  # Church generator levels
   assert hvae.attention_positions(16, 1) == (8,)
+  # Church encoder levels (4 blocks, 4 attention): after 0-based blocks 1, 2, 3, i.e.
+  # after the 2nd, 3rd and 4th block, as the reference's encoder.
+  assert hvae.attention_positions(4, 4, first=0) == (1, 2, 3)
+  assert hvae.attention_positions(1, 1, first=1) == ()  # round(0.5) = 0: none
+  for n in range(1, 13):
+    for k in range(0, 6):
+      for first in (0, 1):
+        assert list(hvae.attention_positions(n, k, first)) == _reference_placement(n, k, first)
 
 
 def test_config_validation():

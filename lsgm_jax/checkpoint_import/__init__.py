@@ -26,8 +26,8 @@ FORMATS: dict[str, str] = {
     "cld_sgm": "lsgm_jax.checkpoint_import.cld_sgm",
     "score_sde": "lsgm_jax.checkpoint_import.score_sde",
     "lsgm": "lsgm_jax.checkpoint_import.lsgm_format",
-    # Not yet written (issue 12): latent_vae_jax (ericl122333/latent-vae-jax params) and
-    # score_vae (the ScoreVAE Lightning .ckpt).
+    "latent_vae_jax": "lsgm_jax.checkpoint_import.latent_vae_jax",
+    "score_vae": "lsgm_jax.checkpoint_import.score_vae",
 }
 
 

@@ -138,13 +138,23 @@ def level_resolutions(resolution: int, num_levels: int) -> tuple[int, ...]:
   return tuple(out)
 
 
-def attention_positions(num_layers: int, num_attention: int) -> tuple[int, ...]:
-  """1-based layer indices after which an attention layer is inserted (evenly spaced)."""
+def attention_positions(num_layers: int, num_attention: int, first: int = 1
+                        ) -> tuple[int, ...]:
+  """Layer indices after which an attention layer is inserted, evenly spaced.
+
+  The reference's ``get_evenly_spaced_indices`` (latent-vae-jax ``general_utils.py``):
+  ``round(i N / (K + 1))`` for i = 1..K, matched against the layer counter of each side:
+  the generator counts its layers from 1 and the encoder its blocks from 0
+  (``model.py``), so the same list puts encoder attention one block later, and an index
+  outside a side's counter inserts nothing there. ``first`` is that side's first index
+  (1 generator, 0 encoder); the result keeps the indices in
+  ``first .. first + num_layers - 1``.
+  """
   if num_attention == 0:
     return ()
   step = num_layers / (num_attention + 1)
-  pos = {min(max(round(step * i), 1), num_layers) for i in range(1, num_attention + 1)}
-  return tuple(sorted(pos))
+  pos = {round(step * i) for i in range(1, num_attention + 1)}
+  return tuple(sorted(i for i in pos if first <= i < first + num_layers))
 
 
 def remat_from(resolutions: Sequence[int], min_resolution: int = 8) -> tuple[bool, ...]:
@@ -260,7 +270,7 @@ class EncoderLevel(nn.Module):
     self.blocks = [block_cls(self.features, self.features, self.ffn_ratio,
                              self.resolution >= 4, self.out_scale)
                    for _ in range(self.num_layers)]
-    self.positions = attention_positions(self.num_layers, self.num_attention)
+    self.positions = attention_positions(self.num_layers, self.num_attention, first=0)
     self.attention = [attn_cls(self.features, self.heads) for _ in self.positions]
     if self.next_resolution is not None:
       self.down = Resample(self.next_features, self.resolution // self.next_resolution,
@@ -268,7 +278,7 @@ class EncoderLevel(nn.Module):
 
   def __call__(self, x: Array, label: Array | None) -> tuple[Array, Array]:
     """Returns (input of the next level, activations for this level's posteriors)."""
-    for i, block in enumerate(self.blocks, start=1):
+    for i, block in enumerate(self.blocks):  # 0-based, as the reference's encoder
       x, _ = block(x, label)
       if i in self.positions:
         x = self.attention[self.positions.index(i)](x)
