@@ -219,6 +219,9 @@ def get_default_config() -> ml_collections.ConfigDict:
   lv.sigma_q = 0.07  # std of the fixed-variance reconstruction target (Table 5)
   lv.spectral_weight = 0.1  # Table 5 "SR penalty"
   lv.label_dropout = 0.1  # null label 10% of the time (classifier-free guidance)
+  # True: multi-head attention outputs x + a projection of q, as the reference's defective
+  # AttentionLayer does; only to reproduce its released weights' outputs (issue 12).
+  lv.reference_attention = False
   # KL schedule (appendix B; authors' ("shifted_exp", {"scale": 1000, "shift": 10})).
   lv.kl_schedule = "shifted_exp"  # shifted_exp | none
   lv.kl_schedule_scale = 1000.0

@@ -250,3 +250,27 @@ def test_attention_is_real_attention():
   w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(c // heads), -1)
   want = seq + jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(1, 4, c)
   np.testing.assert_allclose(got.reshape(1, 4, c), want, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_attention_reproduces_the_reference_defect():
+  """latent-vae-jax's multi-head AttentionLayer returns x + Dense_out(q) (its attention
+  result is overwritten by a reshape of q); ``reference_defect=True`` reproduces that,
+  the default attends; with one head both agree."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32)
+  attn = hvae_layers.Attention(8, 2)
+  params = attn.init(jax.random.PRNGKey(0), x)["params"]
+  params = jax.tree_util.tree_map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.3, jnp.float32), params)
+  seq = np.asarray(x).reshape(2, 16, 8)
+  q = seq @ np.asarray(params["qkv"]["kernel"])[:, :8] + np.asarray(params["qkv"]["bias"])[:8]
+  expected = seq + q @ np.asarray(params["out"]["kernel"]) + np.asarray(params["out"]["bias"])
+  defect = hvae_layers.Attention(8, 2, reference_defect=True).apply({"params": params}, x)
+  np.testing.assert_allclose(np.asarray(defect).reshape(2, 16, 8), expected, rtol=1e-5,
+                             atol=1e-5)
+  correct = attn.apply({"params": params}, x)
+  assert np.max(np.abs(np.asarray(correct) - np.asarray(defect))) > 1e-2
+  one = hvae_layers.Attention(8, 1)
+  p1 = one.init(jax.random.PRNGKey(1), x)
+  np.testing.assert_array_equal(
+      one.apply(p1, x), hvae_layers.Attention(8, 1, reference_defect=True).apply(p1, x))

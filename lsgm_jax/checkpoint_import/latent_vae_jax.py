@@ -383,6 +383,12 @@ def convert(path: str, config: ml_collections.ConfigDict, target: Any) -> Import
   if stored_decay is not None and abs(float(stored_decay) - config.training.ema_decay) > 1e-12:
     logging.warning("the file's EMA decay is %s, config.training.ema_decay is %s (used from "
                     "now on)", float(stored_decay), config.training.ema_decay)
+  multi_head = any(k and h > 1 for k, h in zip(cfg.num_attention, cfg.attention_heads))
+  if multi_head and not cfg.reference_attention:
+    logging.warning(
+        "the reference's multi-head attention layers output x + a projection of q (its "
+        "AttentionLayer overwrites the attention result); to reproduce its outputs from "
+        "these weights run with --config.latent_vae.reference_attention=True")
   opt_state, opt_note = _optimizer_state(state, cfg, config, target, step)
   if opt_state is None:
     logging.warning("latent_vae_jax import: %s", opt_note)

@@ -96,7 +96,8 @@ def build_hvae_config(lv: ml_collections.ConfigDict, data_info) -> hvae.HVAEConf
       cfg, num_classes=num_classes,
       hierarchical_prior=cfg.hierarchical_prior or num_classes > 0,
       label_drop_prob=float(lv.label_dropout), remat=remat, sigma_q=float(lv.sigma_q),
-      spectral_weight=float(lv.spectral_weight))
+      spectral_weight=float(lv.spectral_weight),
+      reference_attention=bool(lv.reference_attention))
 
 
 def config_data_name(method: Method) -> str:

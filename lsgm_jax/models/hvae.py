@@ -73,6 +73,8 @@ class HVAEConfig:
     enc_layers: per-level number of encoder blocks.
     num_attention: per-level number of attention layers (encoder and generator each).
     attention_heads: per-level head count (ignored where ``num_attention`` is 0).
+    reference_attention: multi-head attention layers output x + a projection of q, as
+      the reference's defective ``AttentionLayer`` (for its released weights).
     data_channels: channels of the modelled image.
     z_channels: channels of every latent group.
     num_classes: > 0 makes the model class-conditional (hierarchical prior required).
@@ -103,6 +105,7 @@ class HVAEConfig:
   remat: tuple[bool, ...] = ()
   sigma_q: float = 0.07
   spectral_weight: float = 0.1
+  reference_attention: bool = False
 
   def __post_init__(self):
     n = len(self.channel_mult)
@@ -263,6 +266,7 @@ class EncoderLevel(nn.Module):
   next_features: int | None = None
   next_resolution: int | None = None
   remat: bool = False
+  reference_attention: bool = False
 
   def setup(self):
     block_cls = nn.remat(Block) if self.remat else Block
@@ -271,7 +275,8 @@ class EncoderLevel(nn.Module):
                              self.resolution >= 4, self.out_scale)
                    for _ in range(self.num_layers)]
     self.positions = attention_positions(self.num_layers, self.num_attention, first=0)
-    self.attention = [attn_cls(self.features, self.heads) for _ in self.positions]
+    self.attention = [attn_cls(self.features, self.heads, self.reference_attention)
+                      for _ in self.positions]
     if self.next_resolution is not None:
       self.down = Resample(self.next_features, self.resolution // self.next_resolution,
                            up=False)
@@ -304,6 +309,7 @@ class DecoderLevel(nn.Module):
   next_features: int | None = None
   next_resolution: int | None = None
   remat: bool = False
+  reference_attention: bool = False
 
   def setup(self):
     layer_cls = nn.remat(StochasticLayer) if self.remat else StochasticLayer
@@ -312,7 +318,8 @@ class DecoderLevel(nn.Module):
                              self.ffn_ratio, self.out_scale, self.hierarchical_prior)
                    for _ in range(self.num_layers)]
     self.positions = attention_positions(self.num_layers, self.num_attention)
-    self.attention = [attn_cls(self.features, self.heads) for _ in self.positions]
+    self.attention = [attn_cls(self.features, self.heads, self.reference_attention)
+                      for _ in self.positions]
     if self.next_resolution is not None:
       self.up = Resample(self.next_features, self.next_resolution // self.resolution,
                          up=True)
@@ -391,7 +398,8 @@ class HVAE(nn.Module):
         EncoderLevel(enc_c[i], cfg.enc_layers[i], cfg.num_attention[i],
                      cfg.attention_heads[i], res[i], cfg.ffn_ratio[i], out_scale,
                      enc_c[i + 1] if i + 1 < n else None,
-                     res[i + 1] if i + 1 < n else None, remat[i])
+                     res[i + 1] if i + 1 < n else None, remat[i],
+                     cfg.reference_attention)
         for i in range(n)]
     if cfg.lowres_conditioning:
       self.lowres_in = scaled_conv(dec_c[-1], 1)
@@ -404,7 +412,7 @@ class HVAE(nn.Module):
                      cfg.attention_heads[i], res[i], cfg.ffn_ratio[i], out_scale,
                      cfg.hierarchical_prior, first[i],
                      dec_c[i - 1] if i > 0 else None, res[i - 1] if i > 0 else None,
-                     remat[i])
+                     remat[i], cfg.reference_attention)
         for i in reversed(range(n))]
     self.out_proj = scaled_conv(2 * cfg.data_channels, 1)
 

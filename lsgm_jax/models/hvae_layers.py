@@ -121,14 +121,16 @@ class Attention(nn.Module):
 
   NOTE: the reference (latent-vae-jax ``nn.py`` ``AttentionLayer``) computes the
   multi-head attention and then overwrites its result with a reshape of q, so its
-  layers output x plus a projection of q. Here the attention output is used, as
-  intended; the parameters (and their count) are the same. With one head the query
+  multi-head layers output x plus a projection of q. Here the attention output is used,
+  as intended; the parameters (and their count) are the same. ``reference_defect=True``
+  reproduces the reference's output (for its released weights; one head is unaffected). With one head the query
   and key projections are fused into one matrix and the value / output projections
   likewise, as in the reference.
   """
 
   features: int
   num_heads: int
+  reference_defect: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -146,6 +148,8 @@ class Attention(nn.Module):
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
       out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
       out = out.reshape(b, h * w, c)
+      if self.reference_defect:
+        out = q.reshape(b, h * w, c)
     out = nn.Dense(c, kernel_init=nn.initializers.zeros, name="out")(out)
     return (seq + out).reshape(b, h, w, c)
 
