@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsgm_jax.models import layers
+from lsgm_jax.models import fir, layers
 from lsgm_jax.models.mlp import ScoreMLP
 from lsgm_jax.models.ncsnpp import NCSNpp
 from lsgm_jax.presets.ncsnpp import cld_cifar10_config, lsgm_cifar10_config, lsgm_mnist_config
@@ -86,11 +86,14 @@ def _random_params(model, *inputs, scale: float = 0.2, seed: int = 0):
 
 
 def _upfirdn_numpy(x: np.ndarray, k: np.ndarray, up: int, down: int, pad: tuple[int, int]):
-  """Direct StyleGAN2 upfirdn2d on one [H, W] channel: zero-insert, pad, convolve, subsample."""
+  """Direct StyleGAN2 upfirdn2d on one [H, W] channel: zero-insert, pad (crop where a pad
+  is negative), convolve, subsample."""
   h, w = x.shape
   u = np.zeros((h * up, w * up), x.dtype)
   u[::up, ::up] = x
-  p = np.pad(u, (pad, pad))
+  p = np.pad(u, [(max(pad[0], 0), max(pad[1], 0))] * 2)
+  lo, hi = max(-pad[0], 0), max(-pad[1], 0)
+  p = p[lo:p.shape[0] - hi, lo:p.shape[1] - hi]
   kf = k[::-1, ::-1]
   kh, kw = k.shape
   out = np.array([[np.sum(p[i:i + kh, j:j + kw] * kf) for j in range(p.shape[1] - kw + 1)]
@@ -104,8 +107,8 @@ def test_fir_resampling_matches_direct_upfirdn2d():
   x = np.random.RandomState(0).standard_normal((1, 6, 6, 2)).astype(np.float32)
   k1 = np.array([1.0, 3.0, 3.0, 1.0])
   k2 = np.outer(k1, k1) / np.sum(np.outer(k1, k1))
-  up = np.asarray(layers.upsample_2d(jnp.asarray(x)))
-  down = np.asarray(layers.downsample_2d(jnp.asarray(x)))
+  up = np.asarray(fir.upsample_2d(jnp.asarray(x)))
+  down = np.asarray(fir.downsample_2d(jnp.asarray(x)))
   assert up.shape == (1, 12, 12, 2) and down.shape == (1, 3, 3, 2)
   for c in range(2):
     np.testing.assert_allclose(up[0, :, :, c], _upfirdn_numpy(x[0, :, :, c], k2 * 4, 2, 1, (2, 1)),
@@ -113,7 +116,7 @@ def test_fir_resampling_matches_direct_upfirdn2d():
     np.testing.assert_allclose(down[0, :, :, c], _upfirdn_numpy(x[0, :, :, c], k2, 1, 2, (1, 1)),
                                rtol=1e-5, atol=1e-5)
   # Gain: a constant image stays constant away from the borders.
-  const = layers.upsample_2d(jnp.ones((1, 8, 8, 1)))
+  const = fir.upsample_2d(jnp.ones((1, 8, 8, 1)))
   np.testing.assert_allclose(np.asarray(const)[0, 2:-2, 2:-2, 0], 1.0, rtol=1e-6)
 
 
@@ -128,9 +131,47 @@ def test_fused_fir_conv_with_identity_kernel_equals_plain_fir(direction):
     delta[1, 1, c, c] = 1.0
   variables = {"params": {"kernel": jnp.asarray(delta), "bias": jnp.zeros((3,))}}
   got = conv.apply(variables, x)
-  want = layers.upsample_2d(x) if direction == "up" else layers.downsample_2d(x)
+  want = fir.upsample_2d(x) if direction == "up" else fir.downsample_2d(x)
   assert got.shape == want.shape
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("taps,gain,up,down,pad", [
+    ((1, 3, 3, 1), 4.0, 2, 1, (2, 1)), ((1, 3, 3, 1), 1.0, 1, 2, (1, 1)),
+    ((1, 3, 3, 1), 1.0, 1, 2, (2, 2)), ((1, 3, 3, 1), 4.0, 1, 1, (1, 0)),
+    ((1, 1), 4.0, 2, 1, (0, 0)), ((1, 2, 1), 9.0, 3, 1, (3, -1)),
+    ((1, 4, 6, 4, 1), 1.0, 1, 2, (-1, 2))])
+def test_separable_fir_equals_the_depthwise_convolution(taps, gain, up, down, pad):
+  """upfirdn2d's strided-slice passes (the fast form) equal the direct definition for
+  every up / down / pad (negative pads crop), and the depthwise convolution where its pads
+  are non-negative (XLA's CPU grouped convolution returns garbage for a negative pad
+  with a stride, one more reason not to use it); a non-separable kernel is detected."""
+  x = _normal((2, 7, 7, 3), seed=1)
+  kernel = fir.fir_kernel(taps, gain)
+  got = np.asarray(fir.upfirdn2d(x, kernel, up, down, pad))
+  for c in range(3):
+    want = _upfirdn_numpy(np.asarray(x)[1, :, :, c], kernel, up, down, pad)
+    np.testing.assert_allclose(got[1, :, :, c], want, rtol=1e-5, atol=1e-5)
+  if min(pad) >= 0:
+    conv = fir.upfirdn2d_depthwise(x, kernel, up, down, pad)
+    np.testing.assert_allclose(got, np.asarray(conv), rtol=1e-5, atol=1e-5)
+  assert fir._separable_taps(np.arange(9.0).reshape(3, 3) ** 2) is None
+
+
+@pytest.mark.parametrize("ks,taps", [(3, (1, 3, 3, 1)), (1, (1, 3, 3, 1)), (5, (1, 3, 3, 1)),
+                                     (3, (1, 1))])
+def test_fused_upsampling_conv_equals_transposed_conv_then_fir(ks, taps):
+  """fir_upsample_conv (FIR upsampling, then an ordinary convolution) equals StyleGAN2's
+  order: a stride-2 transposed convolution (``lhs_dilation``), then the FIR filter."""
+  x, w = _normal((2, 5, 5, 3), seed=2), _normal((ks, ks, 3, 4), seed=3)
+  kernel = fir.fir_kernel(taps, 4.0)
+  t = jax.lax.conv_general_dilated(x, w, (1, 1), [(ks - 1, ks - 1)] * 2, lhs_dilation=(2, 2),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  p = (kernel.shape[0] - 2) - (ks - 1)
+  want = fir.upfirdn2d_depthwise(t, kernel, pad=((p + 1) // 2 + 1, p // 2 + 1))
+  got = fir.fir_upsample_conv(x, w, kernel, 2)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
 def test_group_count_adapts_to_small_channels():

@@ -7,9 +7,8 @@ What is here, and where it comes from:
     "zero-initialised" layer is numerically ~0 but still has a gradient direction.
   * time embeddings: ``sinusoidal_embedding`` (the DDPM / Transformer positional code)
     and ``GaussianFourierProjection`` (random Fourier features, NCSN++ paper Sec. H).
-  * FIR resampling with the StyleGAN2 ``upfirdn2d`` semantics (kernel 1,3,3,1 in
-    NCSN++): ``upsample_2d``, ``downsample_2d`` and the fused ``Conv2d`` with ``up`` /
-    ``down``.
+  * the fused FIR resampling convolution ``Conv2d`` with ``up`` / ``down`` (the FIR
+    filters themselves, StyleGAN2's ``upfirdn2d``, are in ``lsgm_jax.models.fir``).
   * ``NIN`` (a per-pixel dense layer), ``AttnBlock`` (single-head spatial self-attention),
     ``group_norm`` with a group count that adapts to small channel counts.
 
@@ -25,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lsgm_jax.models import fir
 
 Array = jax.Array
 Dtype = Any
@@ -187,73 +188,6 @@ class GaussianFourierProjection(nn.Module):
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
-# ---------------------------------------------------------------- FIR resampling
-
-def _fir_kernel(k: Sequence[float], gain: float) -> np.ndarray:
-  """Separable 1-D FIR taps -> normalised 2-D kernel times ``gain`` (StyleGAN2 setup)."""
-  k = np.asarray(k, dtype=np.float32)
-  if k.ndim == 1:
-    k = np.outer(k, k)
-  k = k / np.sum(k)
-  return (k * gain).astype(np.float32)
-
-
-def upfirdn2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1,
-              pad: tuple[int, int] = (0, 0)) -> Array:
-  """StyleGAN2 ``upfirdn2d`` on NHWC: zero-insert upsample, pad, FIR filter, subsample.
-
-  Implemented as one depthwise ``conv_general_dilated``: ``lhs_dilation`` inserts the
-  zeros (``up - 1`` after each sample, hence the extra ``up - 1`` trailing pad), the
-  kernel is flipped because ``upfirdn2d`` convolves while XLA correlates.
-
-  Args:
-    x: ``[B, H, W, C]``.
-    kernel: 2-D FIR kernel ``[kh, kw]``.
-    up: upsampling factor.
-    down: downsampling factor.
-    pad: (before, after) padding applied to both spatial axes after upsampling.
-
-  Returns:
-    ``[B, (H*up + pad0 + pad1 - kh) // down + 1, ..., C]`` in ``x.dtype``.
-  """
-  c = x.shape[-1]
-  kh, kw = kernel.shape
-  k = jnp.asarray(kernel[::-1, ::-1], dtype=x.dtype)
-  k = jnp.tile(k[:, :, None, None], (1, 1, 1, c))
-  padding = [(pad[0], pad[1] + up - 1)] * 2
-  return jax.lax.conv_general_dilated(
-      x, k, window_strides=(down, down), padding=padding, lhs_dilation=(up, up),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-
-
-def upsample_2d(x: Array, k: Sequence[float] = (1, 3, 3, 1), factor: int = 2) -> Array:
-  """FIR upsampling by ``factor`` (StyleGAN2 ``upsample_2d``). ``[B,H,W,C] -> [B,fH,fW,C]``."""
-  kernel = _fir_kernel(k, factor ** 2)
-  p = kernel.shape[0] - factor
-  return upfirdn2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
-
-
-def downsample_2d(x: Array, k: Sequence[float] = (1, 3, 3, 1), factor: int = 2) -> Array:
-  """FIR downsampling by ``factor`` (StyleGAN2 ``downsample_2d``).
-
-  ``[B,H,W,C] -> [B,H/f,W/f,C]``.
-  """
-  kernel = _fir_kernel(k, 1.0)
-  p = kernel.shape[0] - factor
-  return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
-
-
-def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
-  """Nearest-neighbour upsampling. ``[B,H,W,C] -> [B,fH,fW,C]``."""
-  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
-
-
-def naive_downsample_2d(x: Array, factor: int = 2) -> Array:
-  """Average pooling by ``factor``. ``[B,H,W,C] -> [B,H/f,W/f,C]``."""
-  b, h, w, c = x.shape
-  return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
-
-
 class Conv2d(nn.Module):
   """Convolution with optional fused FIR up/down-sampling (StyleGAN2 ``Conv2d``).
 
@@ -294,16 +228,11 @@ class Conv2d(nn.Module):
     dn = ("NHWC", "HWIO", "NHWC")
     factor = 2
     if self.up:
-      kernel = _fir_kernel(self.fir_kernel, factor ** 2)
-      # Transposed conv == correlation of the zero-inserted input with full padding.
-      x = jax.lax.conv_general_dilated(x, w, (1, 1), [(ks - 1, ks - 1)] * 2,
-                                       lhs_dilation=(factor, factor), dimension_numbers=dn)
-      p = (kernel.shape[0] - factor) - (ks - 1)
-      x = upfirdn2d(x, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+      x = fir.fir_upsample_conv(x, w, fir.fir_kernel(self.fir_kernel, factor ** 2), factor)
     elif self.down:
-      kernel = _fir_kernel(self.fir_kernel, 1.0)
+      kernel = fir.fir_kernel(self.fir_kernel, 1.0)
       p = (kernel.shape[0] - factor) + (ks - 1)
-      x = upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
+      x = fir.upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
       x = jax.lax.conv_general_dilated(x, w, (factor, factor), "VALID", dimension_numbers=dn)
     else:
       x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
@@ -440,9 +369,9 @@ class ResnetBlockBigGAN(nn.Module):
 
   def _resample(self, x: Array) -> Array:
     if self.up:
-      return upsample_2d(x, self.fir_kernel) if self.fir else naive_upsample_2d(x)
+      return fir.upsample_2d(x, self.fir_kernel) if self.fir else fir.naive_upsample_2d(x)
     if self.down:
-      return downsample_2d(x, self.fir_kernel) if self.fir else naive_downsample_2d(x)
+      return fir.downsample_2d(x, self.fir_kernel) if self.fir else fir.naive_downsample_2d(x)
     return x
 
   @nn.compact
@@ -500,12 +429,12 @@ class Downsample(nn.Module):
       if self.with_conv:
         return Conv2d(out_ch, 3, down=True, fir_kernel=self.fir_kernel, dtype=self.dtype,
                       name="conv")(x)
-      return downsample_2d(x, self.fir_kernel)
+      return fir.downsample_2d(x, self.fir_kernel)
     if self.with_conv:
       return nn.Conv(out_ch, (3, 3), strides=(2, 2), padding="SAME",
                      kernel_init=default_init(), bias_init=nn.initializers.zeros,
                      dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
-    return naive_downsample_2d(x)
+    return fir.naive_downsample_2d(x)
 
 
 class Upsample(nn.Module):
@@ -538,8 +467,8 @@ class Upsample(nn.Module):
       if self.with_conv:
         return Conv2d(out_ch, 3, up=True, fir_kernel=self.fir_kernel, dtype=self.dtype,
                       name="conv")(x)
-      return upsample_2d(x, self.fir_kernel)
-    h = naive_upsample_2d(x)
+      return fir.upsample_2d(x, self.fir_kernel)
+    h = fir.naive_upsample_2d(x)
     if self.with_conv:
       h = conv3x3(out_ch, self.dtype, name="conv")(h)
     return h
