@@ -186,10 +186,11 @@ class Checkpointer:
     if unexpected or not fillable or fill is None:
       names = lambda keys: ", ".join("/".join(k) for k in keys[:4]) + (
           f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+      advice = scan_blocks_advice(missing, unexpected)
       raise CheckpointMismatchError(
           f"checkpoint step {step} in {self.directory} has another state layout than this "
           f"config's model: missing {names(missing) or 'nothing'}; unexpected "
-          f"{names(unexpected) or 'nothing'}")
+          f"{names(unexpected) or 'nothing'}" + (f"; {advice}" if advice else ""))
     fresh = fill()
     logging.warning("checkpoint step %d predates %s: taken from the init (the values "
                     "the older code used)", step,
@@ -287,6 +288,18 @@ def _one_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
+def scan_blocks_advice(missing: list[Any], unexpected: list[Any]) -> str | None:
+  """The flag to pass when a checkpoint holds the same NCSN++ in the other parameter
+  layout (``model.scan_blocks``: runs of residual blocks stacked under ``*_scan_*``
+  names), or None. ``missing`` / ``unexpected``: parameter paths (strings or key tuples)
+  the checkpoint lacks / has beyond the current model."""
+  scanned = lambda keys: any("_scan_" in str(k) for k in keys)
+  if not (scanned(missing) or scanned(unexpected)):
+    return None
+  return ("it was written with the other model.scan_blocks setting: pass "
+          f"--config.model.scan_blocks={not scanned(missing)}")
+
+
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
   """Raises one clear line when a checkpoint belongs to a different model."""
   if not saved:
@@ -305,10 +318,13 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], where: str
               f"{len(changed)} with other shapes"
               + (f" (first: {(missing + extra + changed)[0]})" if missing + extra + changed
                  else ""))
+    advice = "use a new --workdir or the config it was trained with"
+    if saved.get("num_params") == current.get("num_params"):
+      advice = scan_blocks_advice(missing, extra) or advice
     raise CheckpointMismatchError(
         f"checkpoint in {where} was written by a different model "
         f"({saved.get('num_params')} params vs {current.get('num_params')} now; {detail}); "
-        "use a new --workdir or the config it was trained with")
+        + advice)
 
 
 def _stage_directory(path: str, what: str) -> str:

@@ -181,6 +181,9 @@ def main(argv):
   try:
     if jax.process_index() == 0:
       check_workdir(_WORKDIR.value, _MODE.value)
+    from lsgm_jax.compile_cache import enable_compilation_cache
+    cache = enable_compilation_cache(_CONFIG.value)  # before anything compiles
+    logging.info("XLA compilation cache: %s", cache or "off")
     run(_CONFIG.value, _WORKDIR.value, _MODE.value, _OUTPUT_DIR.value)
   except (ConfigError, checkpoint.CheckpointMismatchError, train.SkipLimitError,
           FileNotFoundError, ValueError, WorkdirLockedError) as e:

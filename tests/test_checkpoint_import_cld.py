@@ -185,3 +185,80 @@ def test_paper_size_reference_layouts_import_completely(name):
   assert count == entry["trainable"]
   assert imported.step == 7 and "Adam moments (step 5)" in imported.description
   assert len(jax.tree.leaves(imported.model_state)) == len(entry["requires_grad"])
+
+
+def _torch_state_dict(config, params, constants):
+  """A CLD-SGM ``model`` state dict (``module.all_modules.<i>...``) holding ``params``
+  (the unrolled flax tree): ``ncsnpp_torch``'s mapping run backwards."""
+  from lsgm_jax.checkpoint_import import ncsnpp_torch as nt
+  sd = {}
+  for i, (name, kind) in enumerate(nt.reference_layout(config.model, 8)):
+    if kind == "fourier":
+      sd[f"module.all_modules.{i}.W"] = constants[name]["W"]
+      continue
+    for child, sub in nt._CHILDREN[kind].items():  # noqa: SLF001
+      node = params
+      for part in tuple(name.split("/")) + sub:
+        node = node.get(part) if isinstance(node, dict) else None
+      if node is None:
+        continue
+      prefix = f"module.all_modules.{i}." + (f"{child}." if child else "")
+      nin = child.startswith("NIN")
+      for leaf, value in node.items():
+        if leaf == "kernel" and value.ndim == 4:
+          sd[prefix + "weight"] = np.transpose(value, (3, 2, 0, 1))
+        elif leaf == "kernel":
+          sd[prefix + ("W" if nin else "weight")] = value if nin else value.T
+        elif leaf == "scale":
+          sd[prefix + "weight"] = value
+        else:
+          sd[prefix + ("b" if nin else "bias")] = value
+  return sd
+
+
+def test_import_is_the_same_network_with_scan_blocks_on_and_off():
+  """Issue 15 item 7: the importer maps into the config's layout. A CLD-SGM file of a
+  model with runs of equal residual blocks imports with ``model.scan_blocks`` on (runs
+  stacked) and off (the references' layout): the same arrays after
+  ``ncsnpp.unrolled_layout`` (params, EMA, Adam moments) and the same outputs."""
+  from lsgm_jax.models import ncsnpp
+  targets = {scan: abstract(small_config(num_res_blocks=2, scan_blocks=scan))
+             for scan in (True, False)}
+  flat_target = targets[False][1]
+  assert any("_scan_" in k for k in targets[True][1].params)
+  assert ncsnpp.unrolled_layout(targets[True][1].params).keys() == flat_target.params.keys()
+  rs = np.random.RandomState(0)
+  fill = lambda s: (rs.standard_normal(s.shape) * 0.2).astype(np.float32)
+  params = jax.tree.map(fill, flat_target.params)
+  model = _torch_state_dict(small_config(num_res_blocks=2), params,
+                            jax.tree.map(fill, flat_target.model_state["constants"]))
+  trainable = [k for k in model if not k.endswith(".W") or ".NIN_" in k]
+  state = {i: {"step": 4.0, "exp_avg": model[k] * 0.1, "exp_avg_sq": model[k] ** 2}
+           for i, k in enumerate(model) if k in trainable}
+  obj = {"model": model, "ema": {"shadow_params": [model[k] * 0.5 for k in trainable]},
+         "optimizer": {"state": state, "param_groups": [
+             {"params": list(range(len(model))), "amsgrad": False, "lr": 1e-3}]},
+         "step": 4}
+  imported = {scan: cld_sgm.convert_training_file(obj, small_config(num_res_blocks=2,
+                                                                    scan_blocks=scan),
+                                                  targets[scan][1], "CLD-SGM")
+              for scan in (True, False)}
+  assert "Adam moments (step 4)" in imported[True].description
+  for field in ("params", "ema_params", "opt_state", "model_state"):
+    a = ncsnpp.unrolled_layout(getattr(imported[True], field))
+    b = getattr(imported[False], field)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b), field
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+                 a, b)
+  jax.tree.map(np.testing.assert_array_equal, imported[False].params, params)
+  ref = np.load(OUTPUTS)
+  u = np.random.RandomState(1).standard_normal((2, 8, 8, 2)).astype(np.float32)
+  t = ref["t"][:2]
+  outs = []
+  for scan in (True, False):
+    method, got = targets[scan][0], imported[scan]
+    apply = jax.jit(lambda p, s, m=method: m.model.apply({"params": p, **s}, u, t)).lower(
+        got.ema_params, got.model_state).compile(FAST_COMPILE)
+    outs.append(np.asarray(apply(got.ema_params, got.model_state)))
+  assert np.abs(outs[1]).mean() > 1e-3
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6, rtol=0)

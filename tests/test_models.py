@@ -14,7 +14,7 @@ import pytest
 
 from lsgm_jax.models import fir, layers
 from lsgm_jax.models.mlp import ScoreMLP
-from lsgm_jax.models.ncsnpp import NCSNpp
+from lsgm_jax.models.ncsnpp import NCSNpp, to_unrolled_params
 from lsgm_jax.presets.ncsnpp import cld_cifar10_config, lsgm_cifar10_config, lsgm_mnist_config
 from lsgm_jax.models.unet import UNet
 
@@ -277,7 +277,9 @@ def test_cld_ncsnpp_cifar10_param_count():
   assert set(shapes) == {"params", "constants"}
   assert shapes["constants"]["fourier"]["W"].shape == (128,)
   assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes["params"])) == 107_593_859
-  assert sum("attn" in name for name in shapes["params"]) == 10  # 8 down + 1 up + 1 middle
+  # 8 down + 1 up + 1 middle (counted in the unrolled layout: scan_blocks stacks runs).
+  unrolled = jax.eval_shape(to_unrolled_params, shapes["params"])
+  assert sum("attn" in name for name in unrolled) == 10
 
 
 def test_lsgm_score_model_param_counts():

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import ml_collections
 import numpy as np
 
-from lsgm_jax.checkpoint_import import ImportedCheckpoint, ImportMismatchError, check_tree
+from lsgm_jax.checkpoint_import import (ImportedCheckpoint, ImportMismatchError, check_tree,
+                                        in_target_layout)
 from lsgm_jax.checkpoint_import import ncsnpp_torch as nt
 from lsgm_jax.models.autoencoder_convert import CheckpointFormatError, read_torch_file
 
@@ -48,6 +49,7 @@ def check_model_config(config: ml_collections.ConfigDict, what: str, sde: str | 
                               f"(got {config.sde.name!r})")
 
 
+@in_target_layout
 def convert_training_file(obj: Mapping[str, Any], config: ml_collections.ConfigDict,
                           target: Any, what: str, buffers: tuple[str, ...] = ()
                           ) -> ImportedCheckpoint:

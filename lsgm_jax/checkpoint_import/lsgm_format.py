@@ -47,7 +47,7 @@ from absl import logging
 import numpy as np
 
 from lsgm_jax.checkpoint_import import (ImportedCheckpoint, ImportMismatchError, check_tree,
-                                        unconsumed)
+                                        in_target_layout, unconsumed)
 from lsgm_jax.models import autoencoder_convert
 from lsgm_jax.models import nvae as nvae_lib
 from lsgm_jax.models import nvae_layers
@@ -419,6 +419,7 @@ def _step(obj: dict) -> int:
   return 0
 
 
+@in_target_layout
 def convert(path: str, config: ml_collections.ConfigDict, target: Any) -> ImportedCheckpoint:
   """Read an NVlabs/LSGM checkpoint into this project's LSGM train state.
 

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from lsgm_jax.checkpoint_import import (ImportedCheckpoint, ImportMismatchError,
-                                        check_tree, unconsumed)
+                                        check_tree, in_target_layout, unconsumed)
 from lsgm_jax.checkpoint_import import cld_sgm
 from lsgm_jax.checkpoint_import import ncsnpp_torch as nt
 from lsgm_jax.models.autoencoder_convert import LEGACY_MAGIC, CheckpointFormatError
@@ -177,6 +177,7 @@ def _map(tree: Any, fn) -> Any:
   return fn(tree)
 
 
+@in_target_layout
 def convert_flax_state(state: Mapping[str, Any], config: ml_collections.ConfigDict,
                        target: Any) -> ImportedCheckpoint:
   """Maps a restored score_sde ``State`` dict onto ``target``."""

@@ -47,7 +47,7 @@ import numpy as np
 from absl import logging
 
 from lsgm_jax.checkpoint_import import (ImportedCheckpoint, ImportMismatchError, check_tree,
-                                        unconsumed)
+                                        in_target_layout, unconsumed)
 from lsgm_jax.checkpoint_import import ncsnpp_torch as nt
 from lsgm_jax.models.autoencoder_convert import CheckpointFormatError, read_torch_file
 
@@ -310,6 +310,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"config.model.name='unet' (got {config.model.name!r})")
 
 
+@in_target_layout
 def convert(path: str, config: ml_collections.ConfigDict, target: Any) -> ImportedCheckpoint:
   """Reads a ScoreVAE Lightning ``.ckpt`` (no torch, no Lightning).
 

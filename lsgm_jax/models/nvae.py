@@ -454,11 +454,15 @@ def spectral_norm_penalty(losses: Any) -> Array:
 
 
 def batchnorm_penalty(params: Any) -> Array:
-  """Sum over BatchNorm layers of ``max |scale|`` (the reference's BN weight decay)."""
+  """Sum over BatchNorm layers of ``max |scale|`` (the reference's BN weight decay).
+
+  A scale with leading axes (a scanned run of blocks, parameters stacked on axis 0) is
+  one layer per leading index, as in the unrolled network.
+  """
   total = jnp.zeros((), jnp.float32)
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     if getattr(path[-1], "key", None) == "scale":
-      total = total + jnp.max(jnp.abs(leaf))
+      total = total + jnp.sum(jnp.max(jnp.abs(leaf), axis=-1) if leaf.ndim else jnp.abs(leaf))
   return total
 
 

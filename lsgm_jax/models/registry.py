@@ -49,7 +49,8 @@ def _ncsnpp(model: ml_collections.ConfigDict, in_shape, out_channels, dtype) -> 
       embedding_type=model.embedding_type, fourier_scale=float(model.fourier_scale),
       fourier_log_t=bool(model.fourier_log_t), time_scale=float(model.time_scale),
       in_channels=int(in_shape[-1]),
-      out_channels=out_channels, remat=bool(model.remat), dtype=dtype)
+      out_channels=out_channels, remat=bool(model.remat),
+      scan_blocks=bool(model.scan_blocks), dtype=dtype)
 
 
 MODELS: dict[str, Builder] = {"mlp": _mlp, "unet": _unet, "ncsnpp": _ncsnpp}
