@@ -328,6 +328,7 @@ def get_default_config() -> ml_collections.ConfigDict:
   vae.num_mixture_dec = 10
   vae.num_x_bits = 8
   vae.log_sig_q_scale = 5.0
+  vae.progressive_input_vae = "none"  # none | input_skip (the encoder's input pyramid)
   vae.crop_output = False
   # Stage 1 KL warm-up (train_vae.py): coeff from kl_const_coeff to kl_max_coeff over
   # kl_anneal_portion of the steps, after kl_const_portion; KL balancing always on.

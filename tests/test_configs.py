@@ -38,6 +38,10 @@ PINNED_COUNTS = {
     # Latent CLD (issue 14): the best-FID score model with input (z, v) = 360 channels:
     # only the 3x3 input conv grows, by 3 * 3 * 180 * 512 = 829,440.
     ("lsgm_cifar", "best_fid_cld"): {"vae": 100_867_740, "score": 376_390_504},
+    # CelebA-HQ-256 (README quantitative model; NVAE with the input pyramid): the
+    # reference's NVAE(args) / NCSNpp(args, 160) built by its own constructors on CPU.
+    ("lsgm_celebahq256", "vae"): {"vae": 51_296_572},
+    ("lsgm_celebahq256", "lsgm"): {"vae": 51_296_572, "score": 408_367_680},
     ("lsgm_mnist", "vae"): {"vae": 3_005_822},
     ("lsgm_mnist", "lsgm"): {"vae": 3_005_822, "score": 63_774_544},
     # ScoreVAE (REFERENCE_NOTES.md, "ScoreVAE"): DDPM U-Net priors, time-dependent

@@ -1,14 +1,17 @@
 """Importing NVlabs/LSGM checkpoints (issue 12, format ``lsgm``).
 
-* Golden: ``tests/fixtures/lsgm_vae_dml.pt`` (``train_vae.py``'s file) and
-  ``lsgm_vada_bin.pt`` (``train_vada.py``'s, with the NCSN++ score model and its EMA)
-  were written by the reference's own code (seeded, perturbed weights / BatchNorm
-  statistics / gains) with ``torch.save``; ``lsgm_golden.npz`` holds the reference's
-  outputs on fixed inputs with fixed noise (README in tests/fixtures). Imported here,
-  this project's models must reproduce them to 1e-5 relative.
-* Paper size: a reference-LAYOUT state dict for configs/lsgm_cifar.py, written below from
-  the reference's module naming (nvae.py / layers/*.py) with zero-stride arrays, must be
-  consumed key for key and fill every leaf of ``jax.eval_shape(init_state)``.
+* Golden: ``tests/fixtures/lsgm_vae_dml.pt`` (``train_vae.py``'s file),
+  ``lsgm_vada_bin.pt`` (``train_vada.py``'s, with the NCSN++ score model and its EMA) and
+  ``lsgm_vae_hq_input_skip.pt`` (a ``train_vae.py`` file of a small CelebA-HQ-style NVAE
+  with ``--progressive_input_vae input_skip``) were written by the reference's own code
+  (seeded, perturbed weights / BatchNorm statistics / gains) with ``torch.save``;
+  ``lsgm_golden.npz`` / ``lsgm_hq_golden.npz`` hold the reference's outputs on fixed
+  inputs with fixed noise (README in tests/fixtures). Imported here, this project's
+  models must reproduce them to 1e-5 relative.
+* Paper size: reference-LAYOUT state dicts for configs/lsgm_cifar.py:best_nll and
+  configs/lsgm_celebahq256.py:vae, written below from the reference's module naming
+  (nvae.py / layers/*.py) with zero-stride arrays, must be consumed key for key and fill
+  every leaf of ``jax.eval_shape(init_state)``.
 * Bad input: another format, mismatched args, a stage mismatch: one line each.
 """
 
@@ -138,6 +141,45 @@ def test_joint_file_reproduces_the_reference_vae_and_score_model():
   assert imported.ema_params["vae"] is imported.params["vae"]
 
 
+def _small_hq():
+  """configs/lsgm_celebahq256.py:vae (res_mbconv, 5-bit mixture, two flows, the input
+  pyramid) shrunk to the input_skip fixture: 16x16, 4 channels, 3 latent scales x 1
+  group x 4, one cell per group, one flow."""
+  config = load_config("lsgm_celebahq256", "vae")
+  with config.unlocked():
+    config.data.image_size = 16
+    vae = config.lsgm.vae
+    vae.num_channels_enc = vae.num_channels_dec = 4
+    vae.num_cell_per_cond_enc = vae.num_cell_per_cond_dec = 1
+    vae.num_latent_scales, vae.num_groups_per_scale, vae.num_latent_per_group = 3, 1, 4
+    vae.channel_mult = (1, 1, 2, 2)
+    vae.num_nf = 1
+  return config
+
+
+def test_input_skip_file_reproduces_the_reference_nvae(tmp_path):
+  """``--progressive_input_vae input_skip`` (the CelebA-HQ-256 NVAE): the reference's two
+  InputSkipCombinerCells are imported and the whole NVAE reproduces its outputs."""
+  golden = np.load(os.path.join(FIXTURES, "lsgm_hq_golden.npz"))
+  config = _small_hq()
+  method, target = _method_and_target(config)
+  fixture = os.path.join(FIXTURES, "lsgm_vae_hq_input_skip.pt")
+  imported = converter("lsgm")(fixture, config, target)
+  assert imported.step == 56
+  skip = imported.params["vae"]["enc_input_skip_1"]["conv"]
+  assert skip["conv"]["kernel"].shape == (3, 3, 8, 8) and skip["bn"]["scale"].shape == (8,)
+  _check_vae(method, imported, golden, "hq")
+  np.testing.assert_allclose(nvae_lib.batchnorm_penalty(imported.params["vae"]),
+                             golden["hq_bn_penalty"], rtol=1e-6)
+  # A config without the input pyramid is refused by the args check, in one line.
+  with config.unlocked():
+    config.lsgm.vae.progressive_input_vae = "none"
+  with pytest.raises(ImportMismatchError, match=r"progressive_input_vae \(file 'input_skip', "
+                     r"config 'none'\)") as err:
+    lsgm_format.convert(fixture, config, target)
+  assert "\n" not in str(err.value)
+
+
 # ----------------------------------------------------------------------------- layout
 
 class _RefLayout:
@@ -211,6 +253,12 @@ class _RefLayout:
       if sc < nls - 1:
         self.cell(f"enc_tower.{j}", ce * mult[s], ce * mult[s + 1], "down_enc")
         s, j = s + 1, j + 1
+    if a["progressive_input_vae"] == "input_skip":  # InputSkipCombinerCell(BNSwishConv)
+      for sc in range(nls - 1):
+        cin = ce * mult[a["num_preprocess_blocks"] + sc]
+        self.bn(f"progressive_input_cells.{sc}.conv.bn_act", cin)
+        self.conv(f"progressive_input_cells.{sc}.conv.conv_0", cin, ce * mult[
+            a["num_preprocess_blocks"] + sc + 1], 3)
     n = 0
     for sc in range(nls):
       for g in range(ngs):
@@ -249,7 +297,8 @@ class _RefLayout:
 def _args(config) -> dict:
   vae = config.lsgm.vae
   args = {f: (list(vae[f]) if f == "channel_mult" else vae[f]) for f in lsgm_format.ARCH_FIELDS}
-  args.update(dataset=config.data.name, progressive_input_vae="none", batch_size=32)
+  args.update(dataset=config.data.name, batch_size=32)
+  args["progressive_input_vae"] = vae.progressive_input_vae
   return args
 
 
@@ -271,9 +320,11 @@ def _layout_file(args: dict, size: int, cin: int) -> dict:
           "grad_scalar": {"scale": 1024.0}, "best_score": 1e10}
 
 
-def _ref_score_layout(a: dict, channels: int, size: int) -> dict:
+def _ref_score_layout(a: dict, channels: int, size: int, mult=None) -> dict:
   """Reference ``dae_state_dict`` keys / shapes, after NVlabs/LSGM score_sde/ncsnpp.py
-  (BigGAN blocks, no pyramids, attention at 16; cifar10 channel multipliers all 1)."""
+  (BigGAN blocks, no pyramids, attention at 16; channel multipliers ``mult``, all 1 by
+  default as for cifar10)."""
+  mult = mult or (1,) * a["num_scales_dae"]
   shapes, n = {"mixing_logit": (1, channels, 1, 1)}, [0]
   nf, emb = a["num_channels_dae"], 4 * a["embedding_dim"]
 
@@ -307,28 +358,30 @@ def _ref_score_layout(a: dict, channels: int, size: int) -> dict:
   lin_or_conv(mod(), emb, a["embedding_dim"])
   lin_or_conv(mod(), emb, emb)
   lin_or_conv(mod(), nf, channels, 3)
-  levels, hs = a["num_scales_dae"], [nf]
+  levels, hs, c = a["num_scales_dae"], [nf], nf
   for level in range(levels):
     for _ in range(a["num_cell_per_scale_dae"]):
-      block(nf, nf)
+      block(c, nf * mult[level])
+      c = nf * mult[level]
       if size // 2 ** level == 16:
-        attn(nf)
-      hs.append(nf)
+        attn(c)
+      hs.append(c)
     if level != levels - 1:
-      block(nf, nf, resample=True)
-      hs.append(nf)
-  block(nf, nf)
-  attn(nf)
-  block(nf, nf)
+      block(c, c, resample=True)
+      hs.append(c)
+  block(c, c)
+  attn(c)
+  block(c, c)
   for level in reversed(range(levels)):
     for _ in range(a["num_cell_per_scale_dae"] + 1):
-      block(nf + hs.pop(), nf)
+      block(c + hs.pop(), nf * mult[level])
+      c = nf * mult[level]
     if size // 2 ** level == 16:
-      attn(nf)
+      attn(c)
     if level != 0:
-      block(nf, nf, resample=True)
-  norm(mod(), nf)
-  lin_or_conv(mod(), channels, nf, 3)
+      block(c, c, resample=True)
+  norm(mod(), c)
+  lin_or_conv(mod(), channels, c, 3)
   return shapes
 
 
@@ -342,23 +395,34 @@ def _sn_state(shapes: dict, one) -> dict:
           "sr_v": {m: np.broadcast_to(one, (c, m[1])) for m, c in count.items()}}
 
 
+def _joint_layout_file(args: dict, image_size: int, latent_channels: int, latent_size: int,
+                       mult=None) -> dict:
+  """A train_vada.py ``checkpoint.pt`` object with zero-stride tensors: the NVAE, the
+  NCSN++ with its optimizer's EMA, and both spectral states."""
+  obj = _layout_file(args, image_size, 3)
+  one = np.ones((), np.float32)
+  dae = {k: np.broadcast_to(one, s)
+         for k, s in _ref_score_layout(args, latent_channels, latent_size, mult).items()}
+  obj.update(dae_state_dict=dae, vae_sn_calculator=obj.pop("sn_calculator"),
+             dae_sn_calculator=_sn_state({k: v.shape for k, v in dae.items()}, one),
+             dae_optimizer={"state": {i: {"ema": v, "step": 3} for i, v in enumerate(dae.values())},
+                            "param_groups": [{"params": list(range(len(dae)))}]})
+  return obj
+
+
+_SCORE_ARGS = dict(embedding_dim=128, embedding_type="positional", embedding_scale=1000.0,
+                   fir=True, progressive="none", progressive_input="none",
+                   progressive_combine="sum", mixed_prediction=True)
+
+
 def test_paper_size_layout_is_consumed_and_fills_every_leaf(monkeypatch):
   """lsgm_cifar.py:best_nll (vae3 + lsgm3): the largest NVAE (with IAF flows) and the
   375M-parameter score model, with the optimizer's EMA and both spectral states."""
   config = load_config("lsgm_cifar", "best_nll")
   _, target = _method_and_target(config)
   args = _args(config)
-  args.update(num_channels_dae=512, num_scales_dae=3, num_cell_per_scale_dae=8,
-              embedding_dim=128, embedding_type="positional", embedding_scale=1000.0,
-              fir=True, progressive="none", progressive_input="none",
-              progressive_combine="sum", mixed_prediction=True)
-  obj = _layout_file(args, 32, 3)
-  one = np.ones((), np.float32)
-  dae = {k: np.broadcast_to(one, s) for k, s in _ref_score_layout(args, 180, 16).items()}
-  obj.update(dae_state_dict=dae, vae_sn_calculator=obj.pop("sn_calculator"),
-             dae_sn_calculator=_sn_state({k: v.shape for k, v in dae.items()}, one),
-             dae_optimizer={"state": {i: {"ema": v, "step": 3} for i, v in enumerate(dae.values())},
-                            "param_groups": [{"params": list(range(len(dae)))}]})
+  args.update(num_channels_dae=512, num_scales_dae=3, num_cell_per_scale_dae=8, **_SCORE_ARGS)
+  obj = _joint_layout_file(args, 32, 180, 16)
   monkeypatch.setattr(lsgm_format, "_read", lambda path: obj)
   imported = lsgm_format.convert("checkpoint.pt", config, target)
   assert imported.step == 117_000
@@ -369,6 +433,33 @@ def test_paper_size_layout_is_consumed_and_fills_every_leaf(monkeypatch):
   obj["vae_state_dict"]["decoder.extra.weight"] = np.zeros((1,), np.float32)
   with pytest.raises(ImportMismatchError, match="decoder.extra.weight"):
     lsgm_format.convert("checkpoint.pt", config, target)
+
+
+def test_celebahq256_layout_is_consumed_and_fills_every_leaf(monkeypatch):
+  """configs/lsgm_celebahq256.py:lsgm (the README's train_vae.py / train_vada.py
+  commands, the NVAE's input pyramid included): every reference tensor of a joint file
+  has a home and every leaf is filled. The stage-1 variant's NVAE is the same
+  (tests/test_nvae.py)."""
+  config = load_config("lsgm_celebahq256", "lsgm")
+  _, target = _method_and_target(config)
+  args = _args(config)
+  assert args["progressive_input_vae"] == "input_skip"
+  args.update(dataset="celeba_256", num_channels_dae=256, num_scales_dae=4,
+              num_cell_per_scale_dae=8, **_SCORE_ARGS)
+  # util/utils.py get_channel_multiplier("celeba_256", 4); the score model sees the top
+  # latent scale, 8 groups x 20 channels at 32x32.
+  obj = _joint_layout_file(args, 256, 160, 32, mult=(1, 2, 2, 2))
+  # The reference's state dicts for these commands hold 3,622 / 957 entries.
+  assert len(obj["vae_state_dict"]) == 3622 and len(obj["dae_state_dict"]) == 957
+  assert sum(k.startswith("progressive_input_cells.") for k in obj["vae_state_dict"]) == 16
+  monkeypatch.setattr(lsgm_format, "_read", lambda path: obj)
+  imported = lsgm_format.convert("checkpoint.pt", config, target)
+  count = lambda tree: sum(np.size(l) for l in jax.tree.leaves(tree))  # noqa: E731
+  # The reference's NVAE(args) / NCSNpp(args, 160), built by its own constructors on CPU.
+  assert count(imported.params["vae"]) == 51_296_572
+  assert count(imported.ema_params["score"]) == 408_367_680
+  skip = imported.model_state["vae"]["spectral"]["enc_input_skip_1"]["conv"]["conv"]
+  assert skip["u"].shape == (256,) and skip["v"].shape == (3 * 3 * 128,)
 
 
 def test_file_without_spectral_state_gets_power_iterations(dml, monkeypatch):

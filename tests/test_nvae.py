@@ -36,6 +36,12 @@ def _count(tree):
     ("cifar10_vae1", lambda: nvae_presets.nvae_cifar10_config("vae1"), 100_867_740, (16, 16, 256)),
     ("cifar10_vae3", lambda: nvae_presets.nvae_cifar10_config("vae3"), 130_622_772, (16, 16, 512)),
     ("mnist", nvae_presets.nvae_mnist_config, 3_005_822, (8, 8, 128)),
+    # NVlabs/LSGM's NVAE(args) for the two CelebA-HQ-256 README commands, built by its own
+    # module constructors on CPU (torch 2.13, throwaway venv): sum of requires_grad numel.
+    ("celebahq256_quantitative", lambda: nvae_presets.nvae_celebahq256_config("quantitative"),
+     51_296_572, (32, 32, 256)),
+    ("celebahq256_qualitative", lambda: nvae_presets.nvae_celebahq256_config("qualitative"),
+     17_789_540, (64, 64, 128)),
 ])
 def test_paper_param_counts(name, make, expected, ftr0):
   variables = _abstract_variables(make())
@@ -43,6 +49,23 @@ def test_paper_param_counts(name, make, expected, ftr0):
   assert variables["params"]["prior_ftr0"].shape == ftr0
   # BatchNorm running statistics are state, not parameters.
   assert _count(variables["batch_stats"]) > 0
+
+
+def test_celebahq256_config_is_the_preset_with_the_input_pyramid():
+  """configs/lsgm_celebahq256.py builds the quantitative preset; its input pyramid holds
+  the reference's 369,792 InputSkipCombinerCell parameters (two cells)."""
+  from lsgm_jax import data
+  from lsgm_jax.methods import lsgm as lsgm_method
+  from tests.helpers import load_config
+  for variant in ("vae", "lsgm"):
+    config = load_config("lsgm_celebahq256", variant)
+    cfg = lsgm_method.nvae_config(config.lsgm.vae, data.dataset_info(config.data))
+    assert cfg == nvae_presets.nvae_celebahq256_config("quantitative"), variant
+  params = _abstract_variables(nvae_presets.nvae_celebahq256_config())["params"]
+  skips = {k: _count(v) for k, v in params.items() if k.startswith("enc_input_skip_")}
+  assert skips == {"enc_input_skip_0": 74_112, "enc_input_skip_1": 295_680}
+  with pytest.raises(ValueError, match="variant"):
+    nvae_presets.nvae_celebahq256_config("paper")
 
 
 def test_vae2_has_vae1_architecture():
@@ -57,6 +80,8 @@ def test_config_validation():
     N.NVAEConfig(channel_mult=(1, 2, 2))
   with pytest.raises(ValueError, match="decoder_dist"):
     N.NVAEConfig(decoder_dist="gauss")
+  with pytest.raises(ValueError, match="progressive_input_vae"):
+    N.NVAEConfig(progressive_input_vae="input_residual")
   assert N.groups_per_scale(3, 8, True, 2) == (8, 4, 2)
   assert N.groups_per_scale(2, 5) == (5, 5)
 

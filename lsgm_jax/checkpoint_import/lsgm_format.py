@@ -30,6 +30,10 @@ next to this project's module names (``models/nvae.py``). Per tensor:
   ``mean`` / ``var``; ``num_batches_tracked`` has no counterpart (flax's momentum is fixed).
 * Squeeze-excitation ``Linear`` -> ``Dense`` (kernel transposed).
 * ``prior_ftr0`` [C, H, W] -> [H, W, C].
+* ``--progressive_input_vae input_skip`` (the CelebA-HQ-256 models): each
+  ``progressive_input_cells.{s}.conv`` (BN-Swish + stride-2 3x3 conv) goes to
+  ``enc_input_skip_{s}/conv`` (``nvae_layers.InputSkipCombiner``); the file's flag must
+  equal ``config.lsgm.vae.progressive_input_vae``.
 * Spectral regularisation (``util/sr_utils.py``): the reference stacks ``u`` / ``v`` per
   weight shape ``[O, I*kh*kw]`` in ``named_modules`` order of the convs; each goes to that
   conv's ``spectral`` ``u`` / ``v`` (``v`` reordered from (I, kh, kw) to (kh, kw, I)). A
@@ -159,6 +163,13 @@ def nvae_plan(cfg: nvae_lib.NVAEConfig) -> _Plan:
     if s < cfg.num_latent_scales - 1:
       cell(f"enc_tower.{j}", (f"enc_down_{s}",), "down_enc")
       j += 1
+  # progressive_input_cells (a ModuleList registered right after enc_tower): one
+  # InputSkipCombinerCell per down_enc cell, its BNSwishConv under ``.conv``.
+  if cfg.progressive_input_vae == "input_skip":
+    for s in range(cfg.num_latent_scales - 1):
+      r, p = f"progressive_input_cells.{s}.conv", (f"enc_input_skip_{s}", "conv")
+      plan.bn(f"{r}.bn_act", p + ("bn",))
+      plan.conv(f"{r}.conv_0", p + ("conv",), bias=True)
   # init_normal_sampler: enc_sampler, nf_cells, eps_conv are three ModuleLists, registered
   # in that order (state-dict order is per list, not per group).
   num_groups = cfg.num_groups
@@ -221,7 +232,7 @@ def check_vae_args(args: dict[str, Any], cfg: nvae_lib.NVAEConfig, what: str) ->
   differ (``util/utils.py override_architecture_fields`` plus the image geometry)."""
   ours = {f: getattr(cfg, f) for f in ARCH_FIELDS}
   ours["channel_mult"] = tuple(cfg.channel_mult)
-  ours["progressive_input_vae"] = "none"
+  ours["progressive_input_vae"] = cfg.progressive_input_vae
   diffs = []
   for field, want in ours.items():
     if field not in args:

@@ -1,17 +1,22 @@
 """NVAE as used by LSGM (Vahdat & Kautz 2020; LSGM, Vahdat et al. 2021).
 
 One module, :class:`NVAE`, configured by the frozen dataclass :class:`NVAEConfig`. The
-paper models are configurations in ``lsgm_jax.presets.nvae`` (``nvae_cifar10_config(variant)``,
-``nvae_mnist_config()``, derived from the ``train_vae.py`` command lines of the
-NVlabs/LSGM README); their trainable-parameter counts are pinned in tests/test_nvae.py:
+paper models are configurations in ``lsgm_jax.presets.nvae``
+(``nvae_cifar10_config(variant)``, ``nvae_mnist_config()``,
+``nvae_celebahq256_config(variant)``, derived from the ``train_vae.py`` command lines of
+the NVlabs/LSGM README); their trainable-parameter counts are pinned in
+tests/test_nvae.py:
 
   * CIFAR-10 vae1 ("balanced") / vae2 ("best FID"): 100,867,740.
   * CIFAR-10 vae3 ("best NLL", two IAF flow pairs per group): 130,622,772.
   * MNIST (Bernoulli decoder, MBConv decoder cells): 3,005,822.
+  * CelebA-HQ-256 (``nvae_celebahq256_config``, with the input pyramid): quantitative
+    51,296,572, qualitative 17,789,540.
 
 Layout (NHWC): 3x3 stem; pre-process blocks of residual cells ending in a stride-2 cell;
 the encoder tower (``num_cell_per_cond_enc`` cells per latent group, an encoder combiner
-after each group but the last, a stride-2 cell between latent scales); then the decoder
+after each group but the last, a stride-2 cell between latent scales, followed with
+``progressive_input_vae="input_skip"`` by the input-pyramid combiner); then the decoder
 starts from a learned tensor ``prior_ftr0`` and, top group first, forms the posterior
 ``q(eps_g | x, eps_<g)`` from the matching encoder feature (combined with the decoder
 state), samples ``eps_g``, optionally passes it through IAF flows, maps it with a 3x3
@@ -47,6 +52,7 @@ from lsgm_jax.models import nvae_layers as L
 Array = jax.Array
 
 DECODER_DISTS = ("dml", "bin", "normal")
+PROGRESSIVE_INPUTS = ("none", "input_skip")
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -80,6 +86,10 @@ class NVAEConfig:
     num_mixture_dec: logistic mixture components for "dml".
     num_x_bits: bits per sub-pixel for "dml".
     log_sig_q_scale: soft clamp of log sigma_q to (-s, s).
+    progressive_input_vae: "none", or "input_skip" for the reference's encoder input
+      pyramid (``--progressive_input_vae``; its CelebA-HQ-256 models): the pre-processed
+      features are kept as a pyramid level; after each encoder down cell a stride-2
+      BN-Swish-conv takes the pyramid one scale down and adds it to the encoder state.
     crop_output: crop the 32x32 output to the central 28x28 for the likelihood (MNIST).
     bn_axis_name: mapped axis for synchronised BatchNorm, or None.
   """
@@ -108,6 +118,7 @@ class NVAEConfig:
   num_mixture_dec: int = 10
   num_x_bits: int = 8
   log_sig_q_scale: float = 5.0
+  progressive_input_vae: str = "none"
   crop_output: bool = False
   bn_axis_name: Optional[str] = None
 
@@ -123,6 +134,9 @@ class NVAEConfig:
       raise ValueError(f"decoder_dist must be one of {DECODER_DISTS}, got {self.decoder_dist!r}")
     if self.decoder_dist == "dml" and self.data_channels != 3:
       raise ValueError("decoder_dist 'dml' is the RGB logistic mixture (data_channels=3)")
+    if self.progressive_input_vae not in PROGRESSIVE_INPUTS:
+      raise ValueError(f"progressive_input_vae must be one of {PROGRESSIVE_INPUTS}, got "
+                       f"{self.progressive_input_vae!r}")
     if self.arch_instance not in L.ARCH_CELLS:
       raise ValueError(f"arch_instance must be one of {tuple(L.ARCH_CELLS)}")
     if self.image_size % (2 ** (total - 1)):
@@ -256,7 +270,8 @@ class NVAE(nn.Module):
           pre.append(cell(cenc(si), "normal_pre", f"pre_{b}_{c}"))
     self.pre_process = pre
 
-    # Encoder tower as a plan of ("cell", module) / ("combiner", module) steps.
+    # Encoder tower as a plan of ("cell", module) / ("combiner", module) /
+    # ("input_skip", module) steps (nvae.py init_encoder_tower).
     gps = cfg.groups_per_scale
     enc = []
     for s in range(cfg.num_latent_scales):
@@ -267,6 +282,9 @@ class NVAE(nn.Module):
           enc.append(("combiner", L.EncCombiner(cenc(si), name=f"enc_combiner_{s}_{g}")))
       if s < cfg.num_latent_scales - 1:
         enc.append(("cell", cell(cenc(si + 1), "down_enc", f"enc_down_{s}")))
+        if cfg.progressive_input_vae == "input_skip":
+          enc.append(("input_skip", L.InputSkipCombiner(cenc(si + 1), cfg.bn_axis_name,
+                                                        name=f"enc_input_skip_{s}")))
         si += 1
     self.enc_kinds = tuple(k for k, _ in enc)
     self.enc_tower = [m for _, m in enc]
@@ -340,11 +358,14 @@ class NVAE(nn.Module):
     s = self.stem(x)
     for c in self.pre_process:
       s = c(s, train)
+    pyramid = s  # the input pyramid's first level (used by "input_skip" steps only)
     comb_cells, comb_inputs = [], []
     for kind, m in zip(self.enc_kinds, self.enc_tower):
       if kind == "combiner":
         comb_cells.append(m)
         comb_inputs.append(s)
+      elif kind == "input_skip":
+        s, pyramid = m(s, pyramid, train)
       else:
         s = m(s, train)
     comb_cells.reverse()

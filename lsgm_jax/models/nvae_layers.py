@@ -14,7 +14,8 @@ What is here (the NVAE / LSGM reference's ``layers/`` rewritten for Flax):
   * ``SqueezeExcite``, ``FactorizedReduce`` (the stride-2 skip), the align-corners
     bilinear ``upsample2x_bilinear`` (the upsampling skip), ``BNSwishConv``,
     ``InvertedResidual`` (MBConv), ``Cell`` (skip + 0.1 * branch, SE at the end),
-    ``EncCombiner`` / ``DecCombiner`` and the autoregressive flow cells
+    ``EncCombiner`` / ``DecCombiner``, ``InputSkipCombiner`` (the encoder's input
+    pyramid) and the autoregressive flow cells
     (``PairedCellAR``).
 
 The cell recipes (``ARCH_CELLS``) are the reference's ``res_bnswish`` and ``res_mbconv``
@@ -399,6 +400,21 @@ class EncCombiner(nn.Module):
   @nn.compact
   def __call__(self, x_enc: Array, x_dec: Array) -> Array:
     return x_enc + WNConv(self.features, 1, name="conv")(x_dec)
+
+
+class InputSkipCombiner(nn.Module):
+  """Input-pyramid combiner (``--progressive_input_vae input_skip``; the reference's
+  ``InputSkipCombinerCell`` in layers/neural_operations.py): the running input pyramid
+  ``p`` is downsampled by a stride-2 BN-Swish-3x3 conv, ``p' = BNSwishConv(p)``, and added
+  to the encoder state; returns ``(x + p', p')``."""
+
+  features: int
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: Array, pyramid: Array, train: bool) -> Tuple[Array, Array]:
+    pyramid = BNSwishConv(self.features, 2, self.bn_axis_name, name="conv")(pyramid, train)
+    return x + pyramid, pyramid
 
 
 class DecCombiner(nn.Module):

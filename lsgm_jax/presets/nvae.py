@@ -60,6 +60,30 @@ def nvae_mnist_config(**overrides: Any) -> NVAEConfig:
   return NVAEConfig(**base)
 
 
+def nvae_celebahq256_config(variant: str = "quantitative", **overrides: Any) -> NVAEConfig:
+  """LSGM CelebA-HQ-256 NVAE (README ``train_vae.py`` commands): 64 channels, one pre/post
+  block of 2 cells, 2 cells per group, 20 channels per group, ``num_nf 2``, res_mbconv,
+  5-bit logistic mixture, and the encoder's input pyramid
+  (``--progressive_input_vae input_skip``). "quantitative": 3 latent scales x 8 groups,
+  ``channel_mult 1 1 2 4``; "qualitative": 2 scales x 10 groups, ``channel_mult 1 1 2``."""
+  if variant == "quantitative":
+    fields = dict(num_latent_scales=3, num_groups_per_scale=8, channel_mult=(1, 1, 2, 4))
+  elif variant == "qualitative":
+    fields = dict(num_latent_scales=2, num_groups_per_scale=10, channel_mult=(1, 1, 2))
+  else:
+    raise ValueError(f"unknown CelebA-HQ-256 NVAE variant {variant!r} (quantitative, "
+                     "qualitative)")
+  base = dict(image_size=256, data_channels=3, num_channels_enc=64, num_channels_dec=64,
+              num_preprocess_blocks=1, num_postprocess_blocks=1, num_preprocess_cells=2,
+              num_postprocess_cells=2, num_latent_per_group=20, num_cell_per_cond_enc=2,
+              num_cell_per_cond_dec=2, arch_instance="res_mbconv", use_se=True, num_nf=2,
+              decoder_dist="dml", num_mixture_dec=10, num_x_bits=5,
+              progressive_input_vae="input_skip")
+  base.update(fields)
+  base.update(overrides)
+  return NVAEConfig(**base)
+
+
 def set_vae_fields(vae: Any, preset: NVAEConfig) -> None:
   """Write ``preset``'s architecture into ``config.lsgm.vae`` (an ml_collections
   ConfigDict), every field the config has except the image geometry, which comes from
