@@ -13,6 +13,9 @@
   (nvae.py / layers/*.py) with zero-stride arrays, must be consumed key for key and fill
   every leaf of ``jax.eval_shape(init_state)``.
 * Bad input: another format, mismatched args, a stage mismatch: one line each.
+* Optimizer states: the file's Adam / Adamax moments land on the leaves of their weights
+  (``parameters()`` order, scanned NCSN++ runs), count and schedule step carried; an
+  imported stage-1 state restores as --mode=train does and takes a step.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lsgm_jax import data, methods
@@ -517,3 +521,170 @@ def test_bad_inputs_fail_in_one_line(dml, tmp_path):
   one_line(r"score model: num_channels_dae \(file 4, config 8\)", joint, vada, target)
   one_line("stage-1 .* config.lsgm.stage='train_vae'", fixture, vada, target)
   one_line("joint-stage .* config.lsgm.stage='train_vada'", joint, config, target)
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def _parameter_order(state_dict: dict) -> list[str]:
+  """``module.parameters()`` of the reference NVAE / NCSN++: state-dict order without the
+  BatchNorm buffers and without the second registration of MBConv weights."""
+  skip = (".running_mean", ".running_var", ".num_batches_tracked", ".weight_normalized")
+  return [k for k in state_dict if not k.endswith(skip)]
+
+
+def _random(shapes: dict, rng) -> dict:
+  out = {}
+  for k, s in shapes.items():
+    if k.endswith("num_batches_tracked"):
+      out[k] = np.asarray(3, np.int64)
+    elif k.endswith("running_var"):
+      out[k] = rng.uniform(0.5, 1.5, s).astype(np.float32)
+    else:
+      out[k] = (0.3 * rng.standard_normal(s)).astype(np.float32)
+  return out
+
+
+def _torch_optimizer(state_dict: dict, step, **moments) -> dict:
+  """A torch ``Optimizer.state_dict()`` over ``parameters()``: each moment a function of
+  the parameter (so that every imported leaf can be checked against its weight)."""
+  names = _parameter_order(state_dict)
+  state = {i: dict({m: f(state_dict[n]) for m, f in moments.items()}, step=step)
+           for i, n in enumerate(names)}
+  return {"state": state, "param_groups": [{"params": list(range(len(names))),
+                                            "betas": (0.9, 0.999), "amsgrad": False}]}
+
+
+def _find(opt_state, part, kind):
+  """The ``kind`` state (ScaleByAdamState, ScaleByScheduleState) of partition ``part``."""
+  found = [n for n in jax.tree.leaves(opt_state.inner_states[part],
+                                      is_leaf=lambda n: isinstance(n, kind)) if isinstance(n, kind)]
+  assert len(found) == 1
+  return found[0]
+
+
+def _adam_state(opt_state, part):
+  return _find(opt_state, part, optax.ScaleByAdamState)
+
+
+def _assert_leaves(tree, like, fn):
+  for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(like), strict=True):
+    np.testing.assert_allclose(a, fn(np.asarray(b)), rtol=1e-6)
+
+
+def test_joint_file_moments_land_on_their_leaves(monkeypatch):
+  """train_vada.py's optimizers: the reference-written file's Adam moments of the score
+  model (number check), and, with synthetic Adam moments 2w / w^2 (VAE) and 3w / w^2
+  (score model, two residual blocks per level: scanned runs) on random weights, every
+  moment leaf equal to its weight's function: parameters() order and layouts agree."""
+  config = _small("vada")
+  _, target = _method_and_target(config)
+  fixture = os.path.join(FIXTURES, "lsgm_vada_bin.pt")
+  imported = converter("lsgm")(fixture, config, target)
+  obj = autoencoder_convert.read_torch_file(fixture)
+  # dae.parameters()[0] is mixing_logit [1, C, 1, 1]; conv_in (all_modules.2.weight) OIHW.
+  sd = obj["dae_state_dict"]
+  index = {k: i for i, k in enumerate(sd)}
+  score = _adam_state(imported.opt_state, "score")
+  ref = obj["dae_optimizer"]["state"]
+  np.testing.assert_array_equal(score.mu["score"]["mixing_logit"],
+                                ref[index["mixing_logit"]]["exp_avg"].reshape(-1))
+  np.testing.assert_array_equal(score.nu["score"]["conv_in"]["kernel"], np.transpose(
+      ref[index["all_modules.2.weight"]]["exp_avg_sq"], (2, 3, 1, 0)))
+  assert int(score.count) == 1  # the file's optimizer stepped once
+  assert "score: Adam moments (step 1)" in imported.description
+  assert "vae: fresh (empty in the file)" in imported.description
+  # The synthetic file.
+  with config.unlocked():
+    config.model.num_res_blocks = 2
+  method, target = _method_and_target(config)
+  assert any("_scan_" in k for k in target.params["score"])
+  h, _, c = method.latent_shape
+  rng = np.random.default_rng(5)
+  args = _args(config)
+  obj = _layout_file(args, 32, 1)
+  obj["vae_state_dict"] = _random({k: v.shape for k, v in obj["vae_state_dict"].items()}, rng)
+  args.update(num_channels_dae=config.model.nf, num_scales_dae=len(config.model.ch_mult),
+              num_cell_per_scale_dae=2, embedding_dim=config.lsgm.embedding_dim)
+  dae = _random(_ref_score_layout(args, c, h, tuple(config.model.ch_mult)), rng)
+  del obj["args"]
+  obj.update(global_step=1234, dae_state_dict=dae, vae_sn_calculator=obj.pop("sn_calculator"),
+             dae_sn_calculator=_sn_state({k: v.shape for k, v in dae.items()},
+                                         np.ones((), np.float32)),
+             vae_optimizer=_torch_optimizer(obj["vae_state_dict"], np.float32(7),
+                                            exp_avg=lambda w: 2 * w, exp_avg_sq=np.square),
+             dae_optimizer=_torch_optimizer(dae, np.float32(7), exp_avg=lambda w: 3 * w,
+                                            exp_avg_sq=np.square, ema=lambda w: w))
+  monkeypatch.setattr(lsgm_format, "_read", lambda path: obj)
+  imported = lsgm_format.convert("checkpoint.pt", config, target)
+  for part, factor in (("vae", 2), ("score", 3)):
+    adam = _adam_state(imported.opt_state, part)
+    assert int(adam.count) == 7
+    _assert_leaves(adam.mu[part], imported.params[part], lambda w: factor * w)
+    _assert_leaves(adam.nu[part], imported.params[part], np.square)
+    assert int(_find(imported.opt_state, part, optax.ScaleByScheduleState).count) == 1234
+  # Frozen VAE (lsgm.train_vae=False): its partition has no moments; the score's carry.
+  with config.unlocked():
+    config.lsgm.train_vae = False
+  _, frozen_target = _method_and_target(config)
+  frozen = lsgm_format.convert("checkpoint.pt", config, frozen_target)
+  assert "vae: frozen" in frozen.description
+  assert int(_adam_state(frozen.opt_state, "score").count) == 7
+
+
+def test_stage1_adamax_state_is_carried_and_training_resumes(monkeypatch, tmp_path):
+  """train_vae.py's Adamax (exp_avg, exp_inf) -> optax.adamax's (mu, nu) for a config
+  with optimizer adamax; --mode=import then --mode=train takes a step from it. Under
+  optimizer adam the state is refused with the reason."""
+  from lsgm_jax import checkpoint, experiment
+  from lsgm_jax.checkpoint_import import driver
+  config = load_config("lsgm_digits", "vae_smoke")
+  config.checkpoint.async_save = False
+  args = _args(config)
+  del args["dataset"]  # the digits are no dataset of the reference
+  obj = _layout_file(args, 8, 1)
+  obj["vae_state_dict"] = _random({k: v.shape for k, v in obj["vae_state_dict"].items()},
+                                  np.random.default_rng(6))
+  obj.update(global_step=5, vae_optimizer=_torch_optimizer(
+      obj["vae_state_dict"], 5, exp_avg=lambda w: 0.01 * w,
+      exp_inf=lambda w: np.abs(w) + 0.1))
+  monkeypatch.setattr(lsgm_format, "_read", lambda path: obj)
+  _, target = _method_and_target(config)
+  imported = lsgm_format.convert("checkpoint.pt", config, target)
+  adamax = _adam_state(imported.opt_state, "vae")
+  assert int(adamax.count) == 5 and "vae: Adamax moments (step 5)" in imported.description
+  _assert_leaves(adamax.mu["vae"], imported.params["vae"], lambda w: 0.01 * w)
+  _assert_leaves(adamax.nu["vae"], imported.params["vae"], lambda w: np.abs(w) + 0.1)
+  workdir = str(tmp_path / "imported")
+  with config.unlocked():  # an existing path: the file read is the object above
+    config.checkpoint.import_path = os.path.join(FIXTURES, "lsgm_vae_dml.pt")
+    config.checkpoint.import_format = "lsgm"
+  driver.import_checkpoint(config, workdir)  # --mode=import
+  # --mode=train's resume (Experiment.init_or_restore), then one train step (compiled
+  # with the cheap settings of this file instead of train.train's, for the time budget).
+  exp = experiment.Experiment(config, workdir, devices=jax.devices()[:1])
+  checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  try:
+    state, meta = exp.init_or_restore(checkpointer)
+  finally:
+    checkpointer.close()
+  assert meta and int(state.step) == 5
+  restored = _adam_state(state.opt_state, "vae")
+  _assert_leaves(restored.mu["vae"], imported.params["vae"], lambda w: 0.01 * w)
+  batch = next(data.make_train_iterator(config.data, global_batch_size=8, seed=0))
+  batch = jax.tree.map(jnp.asarray, batch)
+  state, metrics = _run(exp.method.train_step, state, batch)
+  assert int(state.step) == 6 and float(metrics["skipped"]) == 0.0
+  after = _adam_state(state.opt_state, "vae")
+  assert int(after.count) == 6
+  # The step started from the carried moments: Adamax's nu_6 = max(b2 nu_5, |g| + eps).
+  b2 = float(config.optim.beta2)
+  for nu6, w in zip(jax.tree.leaves(after.nu["vae"]), jax.tree.leaves(imported.params["vae"])):
+    assert np.all(np.asarray(nu6) >= b2 * (np.abs(w) + 0.1) * (1 - 1e-6))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+  # Another optimizer kind: a fresh state, and the reason in the description.
+  with config.unlocked():
+    config.optim.optimizer = "adam"
+  imported = lsgm_format.convert("checkpoint.pt", config, target)
+  assert imported.opt_state is None
+  assert ("the file's Adamax state has no counterpart in config.optim.optimizer=adam"
+          in imported.description)

@@ -39,6 +39,11 @@ next to this project's module names (``models/nvae.py``). Per tensor:
   conv's ``spectral`` ``u`` / ``v`` (``v`` reordered from (I, kh, kw) to (kh, kw, I)). A
   file without them (``checkpoint_fid.pt``) gets 40 power iterations (the reference's
   first call) from a fixed start on the imported weights.
+
+Optimizer states (``vae_optimizer``, ``dae_optimizer``): their moments become the optax
+state where the kinds agree (Adamax -> ``adamax``, Adam / FusedAdam -> ``adam`` /
+``adamw``), indexed in ``parameters()`` order; exactly what maps and what does not is in
+``checkpoint_import.lsgm_optimizer``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import numpy as np
 
 from lsgm_jax.checkpoint_import import (ImportedCheckpoint, ImportMismatchError, check_tree,
                                         in_target_layout, unconsumed)
+from lsgm_jax.checkpoint_import import lsgm_optimizer
 from lsgm_jax.models import autoencoder_convert
 from lsgm_jax.models import nvae as nvae_lib
 from lsgm_jax.models import nvae_layers
@@ -442,7 +448,8 @@ def convert(path: str, config: ml_collections.ConfigDict, target: Any) -> Import
 
   Returns:
     The ``ImportedCheckpoint`` (NumPy leaves; ``ema_params`` only for a joint file whose
-    optimizer holds the score model's EMA, with the VAE's raw weights beside it).
+    optimizer holds the score model's EMA, with the VAE's raw weights beside it;
+    ``opt_state`` the file's moments where they convert (``lsgm_optimizer``), else None).
 
   Raises:
     ImportMismatchError: another format, a stage / args / key / shape mismatch (one line).
@@ -481,6 +488,11 @@ def convert(path: str, config: ml_collections.ConfigDict, target: Any) -> Import
     model_state["vae"]["spectral"] = spectral_vectors(obj.get(sn_key), plan, vae_params,
                                                       f"{path} {sn_key}")
   params = {"vae": vae_params}
+  vae_names = [k for k in vae_sd if k in plan.leaves and plan.leaves[k].collection == "params"]
+  trains_vae = not joint or bool(config.lsgm.train_vae)
+  parts = {"vae": lsgm_optimizer.Partition(
+      obj.get("vae_optimizer"), vae_sd, vae_names, lambda m, w: map_nvae(m, cfg, w)[0],
+      config.optim.optimizer if trains_vae else None, "config.optim.optimizer")}
   ema = None
   description = (f"LSGM {'joint' if joint else 'stage-1'} checkpoint, epoch "
                  f"{obj.get('epoch')}, step {_step(obj)}")
@@ -500,9 +512,13 @@ def convert(path: str, config: ml_collections.ConfigDict, target: Any) -> Import
     if score.ema is not None:
       ema = {"vae": params["vae"], "score": score.ema}
     description += "; " + score.description
+    parts["score"] = score.optimizer
   check_tree(target.params, params, f"{path}")
   check_tree(target.model_state, model_state, f"{path} (model state)")
   if ema is not None:
     check_tree(target.ema_params, ema, f"{path} (EMA)")
+  opt_state, note = lsgm_optimizer.convert_optimizers(parts, target.opt_state, _step(obj),
+                                                      path)
   return ImportedCheckpoint(params=params, ema_params=ema, model_state=model_state,
-                            step=_step(obj), opt_state=None, description=description)
+                            step=_step(obj), opt_state=opt_state,
+                            description=f"{description}; {note}")

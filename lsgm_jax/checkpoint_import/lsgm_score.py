@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from lsgm_jax.checkpoint_import import ImportMismatchError, check_tree, unconsumed
-from lsgm_jax.checkpoint_import import lsgm_format
+from lsgm_jax.checkpoint_import import lsgm_format, lsgm_optimizer
 
 
 @dataclasses.dataclass
@@ -41,6 +41,7 @@ class ScoreImport:
   model_state: dict
   ema: dict | None
   description: str
+  optimizer: lsgm_optimizer.Partition  # the dae_optimizer's moments, for lsgm_optimizer
 
 
 def _ref_channel_mult(dataset: str, num_scales: int) -> tuple[int, ...] | None:
@@ -172,19 +173,12 @@ def _map(sd: dict[str, np.ndarray], plan, what: str) -> dict:
 
 def _ema(opt: Any, sd: dict[str, np.ndarray], plan, what: str) -> dict | None:
   """The EMA tree from the wrapped optimizer's state, or None when it holds none."""
-  if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict):
+  # dae.parameters() order: the state-dict order (the model has no buffers).
+  found = lsgm_optimizer.entries_by_name(opt, list(sd), what)
+  if found is None or not any(isinstance(e, dict) and "ema" in e for e in found[0].values()):
     return None
-  state, groups = opt["state"], opt.get("param_groups") or []
-  order = [i for g in groups if isinstance(g, dict) for i in g.get("params", [])]
-  if not order or not any(isinstance(s, dict) and "ema" in s for s in state.values()):
-    return None
-  names = list(sd)  # dae.parameters() order: the state-dict order (no buffers)
-  if len(order) != len(names):
-    raise ImportMismatchError(f"{what}: the optimizer holds {len(order)} parameters, the "
-                              f"score model {len(names)}")
   ema_sd = {}
-  for name, idx in zip(names, order):
-    entry = state.get(idx)
+  for idx, (name, entry) in enumerate(found[0].items()):
     if not isinstance(entry, dict) or "ema" not in entry:
       raise ImportMismatchError(f"{what}: no EMA for parameter {idx} ({name})")
     ema_sd[name] = entry["ema"]
@@ -249,4 +243,8 @@ def convert_score(obj: dict, method: Any, target: Any, path: str) -> ScoreImport
     model_state["score_sr"] = _score_sr(obj.get("dae_sn_calculator"), plan, params,
                                         target.model_state["score_sr"], f"{path} dae_sn_calculator")
   kind = "the optimizer's EMA" if ema is not None else "no EMA in the file"
-  return ScoreImport(params, model_state, ema, f"score model with {kind}")
+  dae_optim = method.config.lsgm.dae_optim.optimizer
+  partition = lsgm_optimizer.Partition(
+      obj.get("dae_optimizer"), sd, list(sd), lambda m, w: _map(m, plan, w), dae_optim,
+      "config.lsgm.dae_optim.optimizer")
+  return ScoreImport(params, model_state, ema, f"score model with {kind}", partition)
