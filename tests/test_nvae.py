@@ -109,18 +109,25 @@ def _keys(*seeds):
   return [jax.random.key(s, impl="rbg") for s in seeds]
 
 
+# These tests are compile-bound (tiny NVAEs, one or two calls per program): XLA's cheap
+# CPU settings cut their compile time; the numbers do not depend on them.
+_CHEAP = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 def test_tiny_forward_train_eval_and_sample():
   cfg = _tiny()
   model = N.NVAE(cfg)
   x = _binary_digits(4)
   k = _keys(0, 1, 2, 3, 4, 5)
   rngs = {"params": k[0], "sample": k[1]}
-  variables = jax.jit(lambda r, xx: model.init(r, xx, train=True))(rngs, x)
+  variables = jax.jit(lambda r, xx: model.init(r, xx, train=True),
+                      compiler_options=_CHEAP)(rngs, x)
   params = variables["params"]
   state = N.model_state(variables)
   assert set(state) == {"batch_stats", "spectral"}
 
-  apply = jax.jit(model.apply, static_argnames=("train", "mutable", "method"))
+  apply = jax.jit(model.apply, static_argnames=("train", "mutable", "method"),
+                  compiler_options=_CHEAP)
   out, new_state = apply({"params": params, **state}, x, train=True,
                          rngs={"sample": k[2]}, mutable=TRAIN_MUTABLE)
   assert out.logits.shape == (4, 8, 8, 1)
@@ -149,7 +156,8 @@ def test_tiny_forward_train_eval_and_sample():
 
   # Prior sampling with temperature gives the data shape.
   sample = jax.jit(lambda v, r, t, e: model.apply(v, 3, t, e, method=N.NVAE.sample,
-                                                  rngs={"sample": r}))
+                                                  rngs={"sample": r}),
+                   compiler_options=_CHEAP)
   logits = sample({"params": params, **state}, k[4], 0.7, None)
   img = D.decoder_sample(cfg, logits, jax.random.PRNGKey(5))
   assert img.shape == (3, 8, 8, 1)
@@ -164,7 +172,7 @@ def test_tiny_rgb_dml_flows_res_dist_gradients():
   model = N.NVAE(cfg)
   k = _keys(0, 1, 2)
   x = jnp.round(jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 8, 3)) * 255) / 127.5 - 1.0
-  variables = jax.jit(model.init)({"params": k[0], "sample": k[1]}, x)
+  variables = jax.jit(model.init, compiler_options=_CHEAP)({"params": k[0], "sample": k[1]}, x)
   assert variables["params"]["image_conditional"]["kernel"].shape[-1] == 30
 
   def loss_fn(params):
@@ -175,7 +183,7 @@ def test_tiny_rgb_dml_flows_res_dist_gradients():
     return (jnp.mean(nelbo) + 1e-2 * N.spectral_norm_penalty(new["losses"])
             + 1e-2 * N.batchnorm_penalty(params))
 
-  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn), compiler_options=_CHEAP)(variables["params"])
   assert np.isfinite(loss)
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
   img = D.decoder_sample(cfg, jnp.zeros((1, 8, 8, 30)), jax.random.PRNGKey(0), 0.5)
