@@ -141,9 +141,7 @@ def get_config(variant: str = "vae"):
     lc = config.lsgm
     lc.sde_type = "cld"
     lc.cld_objective = "hsm"
-    config.sde.cld_beta, config.sde.cld_beta1 = 4.0, 0.0
-    config.sde.cld_m_inv, config.sde.cld_gamma = 4.0, 0.04
-    config.sde.cld_numerical_eps = 1e-9
+    # config.sde keeps its defaults: CLD-SGM's SDE (beta 4, M^-1 4, gamma 0.04).
     lc.time_eps = 1e-5
     lc.iw_sample_p = "ll_iw"
     lc.iw_sample_q = "reweight_p_samples"

@@ -139,6 +139,9 @@ class _TemperedPrior:
 class LSGM(Method):
   """NVAE pre-training (``train_vae``) and joint VAE + latent SGM training (``train_vada``)."""
 
+  # -log p(z_0) of the prior by the probability-flow ODE (LatentCLD: the CLD bound).
+  prior_log_likelihood = staticmethod(likelihood.log_likelihood)
+
   def __init__(self, config: ml_collections.ConfigDict, data_info):
     super().__init__(config, data_info)
     lc = config.lsgm
@@ -489,7 +492,7 @@ class LSGM(Method):
     """-log p(z_0) of the SGM prior by the probability-flow ODE from ``lsgm.ode_eps``
     (evaluate_vada.py ``--nll_ode_eval``), and the number of network calls."""
     ev = self.config.eval
-    logp, nfe = likelihood.log_likelihood(
+    logp, nfe = self.prior_log_likelihood(
         rng, self.diffusion, self.score_fn(params, model_state), z0,
         rtol=float(ev.ode_rtol), atol=float(ev.ode_atol), probe=ev.probe,
         eps=float(self.config.lsgm.ode_eps))

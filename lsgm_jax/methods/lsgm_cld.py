@@ -41,6 +41,9 @@ OBJECTIVES = ("hsm", "dsm")
 class LatentCLD(lsgm_method.LSGM):
   """LSGM with ``lsgm.sde_type = "cld"``: CLD on (z, v) as the latent prior."""
 
+  # -log p(z_0) bounded by the CLD probability-flow ODE (velocity entropy analytic).
+  prior_log_likelihood = staticmethod(likelihood.cld_log_likelihood_bound)
+
   def __init__(self, config, data_info):
     lc = config.lsgm
     if lc.stage == "train_vada":
@@ -126,15 +129,6 @@ class LatentCLD(lsgm_method.LSGM):
     return p_obj, term + const
 
   # --------------------------------------------------------------------------- eval
-
-  def latent_nll(self, params, model_state, z0, rng):
-    """-log p(z_0) bounded by the CLD probability-flow ODE (velocity entropy analytic)."""
-    ev = self.config.eval
-    logp, nfe = likelihood.cld_log_likelihood_bound(
-        rng, self.diffusion, self.score_fn(params, model_state), z0,
-        rtol=float(ev.ode_rtol), atol=float(ev.ode_atol), probe=ev.probe,
-        eps=float(self.config.lsgm.ode_eps))
-    return -logp, nfe
 
   def eval_terms(self, params, model_state, batch, rng):
     """Per-example NELBO: recon + log q + CE of the top latents (score-matching bound,
