@@ -9,6 +9,11 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# XLA's cheap CPU compile settings for the whole suite (tests/conftest.py sets them for the
+# pytest processes, subprocess_env for the processes the tests start): the suite is
+# compile-bound, and LLVM's backend optimisation is about half of each compile.
+CHEAP_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
 
 def load_config(name: str, variant: str = ""):
   """``configs/<name>.py``'s ``get_config(variant)``, as main.py's flag would load it."""
@@ -32,7 +37,7 @@ def smoke_config(**overrides):
 def subprocess_env(num_devices: int = 1) -> dict[str, str]:
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {CHEAP_XLA_FLAGS}"
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env["PYTHONUNBUFFERED"] = "1"
   return env

@@ -194,7 +194,8 @@ def test_guidance_zero_equals_conditional_and_labels_cycle(tiny):
   # is the plain conditional sampler, and equals the guided one at zero weights.
   plain, info = jax.jit(method.generate, static_argnums=3)(params, model_state, key, 12)
   assert float(info["nfe"]) == 1.0 and plain.shape == (12, 8, 8, 1)
-  np.testing.assert_array_equal(run(0.0, 0.0), plain)
+  # Two differently compiled programs: equal up to float32 rounding.
+  np.testing.assert_allclose(run(0.0, 0.0), plain, rtol=1e-5, atol=1e-6)
   assert not np.allclose(run(1.5, 3.0), plain)
 
 
