@@ -13,6 +13,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # pytest processes, subprocess_env for the processes the tests start): the suite is
 # compile-bound, and LLVM's backend optimisation is about half of each compile.
 CHEAP_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# The same settings as ``compile(compiler_options=...)`` for tests that compile by hand.
+CHEAP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
+                          "xla_llvm_disable_expensive_passes": True}
 
 
 def load_config(name: str, variant: str = ""):

@@ -31,6 +31,7 @@ from lsgm_jax.checkpoint_import import ImportMismatchError, driver, latent_vae_j
 from lsgm_jax.models import hvae, hvae_losses
 from lsgm_jax.models.autoencoder_convert import CheckpointFormatError
 from tests.helpers import REPO, load_config
+from tests.helpers import CHEAP_COMPILER_OPTIONS
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
 MSGPACK = os.path.join(FIXTURES, "latent_vae_jax_small_checkpoint_3")
@@ -68,7 +69,7 @@ def golden():
   return dict(np.load(os.path.join(FIXTURES, "latent_vae_jax_small_outputs.npz")))
 
 
-_CHEAP = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_CHEAP = CHEAP_COMPILER_OPTIONS
 
 
 def _apply_fn(method, golden):

@@ -21,13 +21,15 @@ from lsgm_jax import likelihood
 from lsgm_jax.objectives import lsgm_cld
 from lsgm_jax.sde.cld import CLD
 
+from tests.helpers import CHEAP_COMPILER_OPTIONS
+
 CLD_SDE = CLD(beta0=4.0, m_inv=4.0, gamma=0.04, numerical_eps=1e-9)
 SHAPE = (2, 2, 1)  # latent [h, w, C]: D = 4
 DIM = 4
 MU, S = 0.6, 0.5
 
 
-_CHEAP = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_CHEAP = CHEAP_COMPILER_OPTIONS
 
 def _closed_form_ce(var_p: float) -> float:
   return 0.5 * math.log(2 * math.pi * var_p) + (MU ** 2 + S ** 2) / (2 * var_p)

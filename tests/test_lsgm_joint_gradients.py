@@ -42,6 +42,7 @@ from lsgm_jax import data, methods
 from lsgm_jax.models import nvae as nvae_lib
 from lsgm_jax.models import nvae_decoder_dist
 from tests.helpers import load_config
+from tests.helpers import CHEAP_COMPILER_OPTIONS
 
 BATCH = 4
 TIME_EPS = 1e-2
@@ -92,7 +93,7 @@ class _ConvScore(nn.Module):
     return nn.Conv(self.channels, (3, 3), name="conv_out")(nn.swish(h))
 
 
-_CHEAP = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_CHEAP = CHEAP_COMPILER_OPTIONS
 
 def _method(iw_sample_p: str, iw_sample_q: str):
   config = load_config("lsgm_digits", "lsgm_smoke")

@@ -16,6 +16,8 @@ from lsgm_jax.models import nvae_decoder_dist as D
 from lsgm_jax.models import nvae_layers as L
 from lsgm_jax.presets import nvae as nvae_presets
 
+from tests.helpers import CHEAP_COMPILER_OPTIONS
+
 TRAIN_MUTABLE = N.MUTABLE_COLLECTIONS
 
 
@@ -111,7 +113,7 @@ def _keys(*seeds):
 
 # These tests are compile-bound (tiny NVAEs, one or two calls per program): XLA's cheap
 # CPU settings cut their compile time; the numbers do not depend on them.
-_CHEAP = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_CHEAP = CHEAP_COMPILER_OPTIONS
 
 
 def test_tiny_forward_train_eval_and_sample():
