@@ -19,6 +19,7 @@ line, and the next older one is tried.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any, Callable
 
@@ -46,6 +47,12 @@ def _write_error(error: BaseException, directory: str) -> CheckpointWriteError:
   """One clear line for a failed (possibly asynchronous) write."""
   text = " ".join(str(error).split())
   code = next((c for c in _STORAGE_CODES if text.startswith(c)), "")
+  # Tensorstore reports status codes; Python's own writes (Orbax metadata) raise OSError.
+  errno_code = getattr(error, "errno", None)
+  if errno_code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text:
+    code = "RESOURCE_EXHAUSTED"
+  elif errno_code in (errno.EACCES, errno.EPERM, errno.EROFS):
+    code = "PERMISSION_DENIED"
   what = {"RESOURCE_EXHAUSTED": "disk full", "PERMISSION_DENIED": "permission denied"}.get(
       code, "write failed")
   return CheckpointWriteError(
@@ -289,7 +296,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def scan_blocks_advice(missing: list[Any], unexpected: list[Any]) -> str | None:
-  """The flag to pass when a checkpoint holds the same NCSN++ in the other parameter
+  """The flag to pass when a checkpoint holds the same NCSN++ or U-Net in the other parameter
   layout (``model.scan_blocks``: runs of residual blocks stacked under ``*_scan_*``
   names), or None. ``missing`` / ``unexpected``: parameter paths (strings or key tuples)
   the checkpoint lacks / has beyond the current model."""

@@ -304,3 +304,17 @@ def test_checkpoint_from_before_the_constants_collection_restores(tmp_path, capl
   with pytest.raises(checkpoint.CheckpointMismatchError, match=r"unexpected model_state/stray/x"):
     exp_other.restore_for_inference()
   assert os.path.isdir(tmp_path / "other" / "checkpoints" / "3")
+
+
+def test_write_error_names_the_fault_for_os_errors_and_tensorstore_codes():
+  """Orbax's metadata writes raise Python's OSError (errno), tensorstore's raise status
+  codes; both name the fault on one line."""
+  import errno
+  cases = [(OSError(errno.ENOSPC, "No space left on device"), "disk full"),
+           (ValueError("RESOURCE_EXHAUSTED: write failed"), "disk full"),
+           (OSError(errno.EROFS, "Read-only file system"), "permission denied"),
+           (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
+           (OSError(errno.EIO, "Input/output error"), "write failed")]
+  for error, what in cases:
+    line = str(checkpoint._write_error(error, "/w/checkpoints"))
+    assert f"/w/checkpoints: {what} (" in line and "\n" not in line, line
