@@ -54,10 +54,11 @@ def get_default_config() -> ml_collections.ConfigDict:
   model.time_scale = 999.0  # positional embedding of time_scale * t
   model.remat = False  # rematerialise residual blocks (memory for compute)
   # Run each level's consecutive residual blocks of equal input shape as one nn.scan
-  # (NCSN++; the U-Net ignores it): the same network and parameter count, ~4x fewer block bodies to
-  # compile (paper CLD CIFAR-10: 19 instead of 76). The parameter tree's layout differs
-  # (stacked runs; lsgm_jax.models.ncsnpp.to_unrolled_params / to_scanned_params), so a
-  # checkpoint restores only with the setting it was written with.
+  # (NCSN++ and the DDPM U-Net): the same network and parameter count, ~4x fewer block
+  # bodies to compile (paper CLD CIFAR-10: 19 instead of 76). The parameter tree's layout
+  # differs (stacked runs; lsgm_jax.models.scan_layout.to_unrolled_params /
+  # to_scanned_params), so a checkpoint restores only with the setting it was written
+  # with (a U-Net with one block per level, as on digits, is the same either way).
   model.scan_blocks = True
   # CLD-SGM "mixed score": the Gaussian velocity score plus -l_t times the network.
   model.mixed_score = False

@@ -27,6 +27,7 @@ import pytest
 from lsgm_jax import data, methods
 from lsgm_jax.checkpoint_import import ImportMismatchError, driver, score_vae
 from lsgm_jax.models.autoencoder_convert import CheckpointFormatError
+from lsgm_jax.models.scan_layout import scanned_layout, unrolled_layout
 from tests.helpers import REPO, load_config
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -147,9 +148,14 @@ def test_paper_layouts_map_completely(name, config_name):
   # pylint: disable=protected-access
   mapper = score_vae._Mapper(config)
   encoder = mapper.encoder(score_vae._sub(sd, score_vae.ENCODER), params_t["encoder"], name)
-  prior = mapper.prior(score_vae._sub(sd, score_vae.PRIOR), state_t["prior"]["params"], name)
+  # The mapper fills the unrolled U-Net (the reference's layout); in_target_layout then
+  # stacks the scanned runs of the config's model (model.scan_blocks).
+  prior_t = state_t["prior"]["params"]
+  prior = mapper.prior(score_vae._sub(sd, score_vae.PRIOR), unrolled_layout(prior_t), name)
+  prior = scanned_layout(prior, prior_t)
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
   assert (count(prior), count(encoder)) == (layout["prior"], layout["encoder"])
+  assert any("_scan_" in k for k in prior)
 
 
 def test_mismatches_are_one_line(tmp_path):

@@ -226,3 +226,75 @@ def test_restore_newest_refuses_an_unrolled_checkpoint_without_moving_it_aside(
   loader.close()
   assert "\n" not in str(info.value)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
+
+
+# ----------------------------------------------------------------------- DDPM U-Net
+
+# ch_mult (1, 2, 2), 3 blocks per level, attention at 8: runs on every level of the way
+# down (level 1 after its widening block, with attention) and up (all 4 blocks of level
+# 2; level 1 before the block whose skip comes from the 16-channel resample; level 0
+# after its first block, whose h is wider).
+_UNET = dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=3, attn_resolutions=(8,))
+_UX = np.random.RandomState(3).standard_normal((2, 16, 16, 3))
+
+
+def _unet_shapes(scan: bool, **overrides):
+  from lsgm_jax.models.unet import UNet
+  model = UNet(**dict(_UNET, **overrides), scan_blocks=scan)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _UX, _T))["params"]
+
+
+def test_unet_unrolled_names_are_the_importers_layout_and_runs_cover_them():
+  # The unrolled U-Net keeps flax's automatic names (checkpoints written before
+  # scan_blocks restore with --config.model.scan_blocks=False, and the ScoreVAE importer
+  # replays them in ddpm_layout); a scanned run unrolls to exactly those names.
+  from lsgm_jax.checkpoint_import.score_vae import ddpm_layout
+  flat = _unet_shapes(False)
+  layout = {name for name, _ in ddpm_layout((1, 2, 2), 3, (8,), 16)}
+  assert set(flat) == layout
+  scanned = _unet_shapes(True)
+  runs = {k: jax.tree.leaves(v)[0].shape[0] for k, v in scanned.items() if "_scan_" in k}
+  assert runs == {"unet_scan_0_0": 3, "unet_scan_4_1": 2, "unet_scan_6_3": 3,
+                  "unet_scan_11_4": 4, "unet_scan_15_4": 3, "unet_scan_20_5": 3}
+  assert set(scanned["unet_scan_4_1"]) == {"block", "attn"}  # level 1 runs at 8x8
+  unrolled = jax.eval_shape(to_unrolled_params, scanned)
+  assert jax.tree_util.tree_structure(unrolled) == jax.tree_util.tree_structure(flat)
+  jax.tree.map(lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype) or pytest.fail(
+      f"{a} != {b}"), unrolled, flat)
+
+
+@pytest.mark.parametrize("every_up", [False, True])
+def test_unet_scanned_equals_unrolled_with_converted_params(every_up):
+  from lsgm_jax.models.unet import UNet
+  rs = np.random.RandomState(4)
+  with jax.enable_x64(True):
+    flat = jax.tree.map(lambda s: jnp.asarray(rs.standard_normal(s.shape) * 0.3),
+                        _unet_shapes(False, attn_every_up_block=every_up))
+    scanned = to_scanned_params(flat, like=_unet_shapes(True, attn_every_up_block=every_up))
+    x, t = jnp.asarray(_UX), jnp.asarray(_T)
+    outs = [np.asarray(jax.jit(UNet(**_UNET, attn_every_up_block=every_up, scan_blocks=s,
+                                    dtype=jnp.float64).apply)({"params": p}, x, t))
+            for s, p in ((True, scanned), (False, flat))]
+  assert np.abs(outs[0]).mean() > 0.1
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6, rtol=0)
+  back = to_scanned_params(to_unrolled_params(scanned), like=scanned)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               back, scanned)
+
+
+def test_unet_paper_prior_parameter_count_unchanged_by_scanning():
+  # ScoreVAE's CIFAR-10 prior (the paper code's DDPM: nf 128, ch_mult 1,2,2,2, 4 blocks,
+  # attention at 16): 38 residual blocks run as 33 in 8 scanned runs and 5 single blocks
+  # (the two middle ones, and the three whose input width differs from their neighbours').
+  from lsgm_jax.models.unet import UNet
+  x, t = jnp.zeros((1, 32, 32, 3)), jnp.ones((1,))
+  cfg = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
+             dropout=0.1)
+  shapes = {scan: jax.eval_shape(lambda s=scan: UNet(**cfg, scan_blocks=s).init(
+      jax.random.PRNGKey(0), x, t))["params"] for scan in (True, False)}
+  counts = {s: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(p))
+            for s, p in shapes.items()}
+  assert counts[True] == counts[False] == 57_633_027
+  runs = [jax.tree.leaves(v)[0].shape[0] for k, v in shapes[True].items() if "_scan_" in k]
+  singles = [k for k in shapes[True] if k.startswith("ResnetBlockDDPM_")]
+  assert (len(runs), sum(runs), len(singles)) == (8, 33, 5)

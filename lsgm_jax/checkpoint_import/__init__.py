@@ -8,7 +8,7 @@ One module per reference format. Each exposes
 which reads the file WITHOUT torch (``models.autoencoder_convert``'s restricted
 unpickler, flax msgpack, pickles of NumPy arrays), maps every tensor into this project's
 tree and checks it against ``target`` with ``check_tree`` (one line naming missing /
-unexpected / mis-shaped keys). Converters map onto the unrolled NCSN++ layout and are
+unexpected / mis-shaped keys). Converters map onto the unrolled NCSN++ / U-Net layout and are
 wrapped by ``in_target_layout``, which returns the layout of ``target`` (scanned blocks
 when ``model.scan_blocks`` is on). ``FORMATS`` maps ``config.checkpoint.import_format`` to
 the module; modules are imported lazily so a format's parsing code costs nothing unless
@@ -59,22 +59,23 @@ class ImportedCheckpoint:
 def in_target_layout(convert: Callable[..., ImportedCheckpoint]
                      ) -> Callable[..., ImportedCheckpoint]:
   """Wraps a converter ``convert(source, config, target, ...)`` written for the unrolled
-  NCSN++ parameter layout (the references' own: one entry per residual block) so that it
-  returns the layout of ``target``.
+  NCSN++ / U-Net parameter layout (the references' own: one entry per residual block) so
+  that it returns the layout of ``target``.
 
   With ``model.scan_blocks`` on (the default) a run of equal residual blocks is one entry
-  with its blocks stacked on axis 0 (``lsgm_jax.models.ncsnpp``). The wrapped converter
-  sees ``target`` in the unrolled layout (``ncsnpp.unrolled_layout``), maps and checks the
-  file against that, and its params, EMA, model state (spectral power vectors) and
-  optimizer state are then stacked into ``target``'s layout
-  (``ncsnpp.scanned_layout``). A target without scanned runs passes through unchanged.
+  with its blocks stacked on axis 0 (``lsgm_jax.models.scan_layout``). The wrapped
+  converter sees ``target`` in the unrolled layout (``scan_layout.unrolled_layout``), maps
+  and checks the file against that, and its params, EMA, model state (spectral power
+  vectors) and optimizer state are then stacked into ``target``'s layout
+  (``scan_layout.scanned_layout``). A target without scanned runs passes through unchanged.
   """
   @functools.wraps(convert)
   def wrapped(source: Any, config: Any, target: Any, *args: Any, **kwargs: Any
               ) -> ImportedCheckpoint:
-    from lsgm_jax.models import ncsnpp  # deferred: keeps this module light
-    imported = convert(source, config, ncsnpp.unrolled_layout(target), *args, **kwargs)
-    relayout = lambda tree, like: None if tree is None else ncsnpp.scanned_layout(tree, like)
+    from lsgm_jax.models import scan_layout  # deferred: keeps this module light
+    imported = convert(source, config, scan_layout.unrolled_layout(target), *args, **kwargs)
+    relayout = lambda tree, like: (None if tree is None  # noqa: E731
+                                   else scan_layout.scanned_layout(tree, like))
     return dataclasses.replace(
         imported, params=relayout(imported.params, target.params),
         ema_params=relayout(imported.ema_params, target.ema_params),

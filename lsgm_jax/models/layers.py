@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsgm_jax.models import fir
+from lsgm_jax.models.conv import conv_general_dilated
 
 Array = jax.Array
 Dtype = Any
@@ -81,6 +82,7 @@ def conv3x3(features: int, dtype: Dtype, init_scale: float = 1.0, use_bias: bool
             name: str | None = None) -> nn.Conv:
   """3x3 'SAME' convolution with DDPM init (score_sde ``ddpm_conv3x3``)."""
   return nn.Conv(features, (3, 3), padding="SAME", use_bias=use_bias,
+                 conv_general_dilated=conv_general_dilated,
                  kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
                  dtype=dtype, param_dtype=jnp.float32, name=name)
 
@@ -89,6 +91,7 @@ def conv1x1(features: int, dtype: Dtype, init_scale: float = 1.0, use_bias: bool
             name: str | None = None) -> nn.Conv:
   """1x1 convolution with DDPM init (score_sde ``ddpm_conv1x1``)."""
   return nn.Conv(features, (1, 1), padding="VALID", use_bias=use_bias,
+                 conv_general_dilated=conv_general_dilated,
                  kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
                  dtype=dtype, param_dtype=jnp.float32, name=name)
 
@@ -235,7 +238,7 @@ class Conv2d(nn.Module):
       x = fir.upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
       x = jax.lax.conv_general_dilated(x, w, (factor, factor), "VALID", dimension_numbers=dn)
     else:
-      x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+      x = conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
     if self.use_bias:
       b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       x = x + b.astype(self.dtype)

@@ -24,15 +24,17 @@ whose pyramid is the output.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lsgm_jax.models import layers
+from lsgm_jax.models.scan_layout import runs, scanned_run
+# The parameter-layout conversions, importable from here as before.
+from lsgm_jax.models.scan_layout import (  # noqa: F401
+    scanned_layout, to_scanned_params, to_unrolled_params, unrolled_layout)
 
 Array = jax.Array
 
@@ -57,51 +59,6 @@ class _PyramidHead(nn.Module):
     h = nn.silu(layers.group_norm(h.shape[-1], self.dtype, "norm", self.max_groups)(h))
     return layers.conv3x3(self.features, self.dtype, init_scale=self.init_scale,
                           name="conv")(h)
-
-
-def _runs(keys: Sequence[Any], scan: bool) -> list[tuple[int, int]]:
-  """``[start, stop)`` of the maximal runs of equal consecutive ``keys`` (one block
-  each when ``scan`` is off): the blocks that one scanned body can run."""
-  runs: list[tuple[int, int]] = []
-  for i, key in enumerate(keys):
-    if scan and runs and keys[runs[-1][0]] == key:
-      runs[-1] = (runs[-1][0], i + 1)
-    else:
-      runs.append((i, i + 1))
-  return runs
-
-
-class _RunStep(nn.Module):
-  """One step of a scanned run of residual blocks: ``[h, skip]`` -> block -> attention.
-
-  Its submodules are named ``block`` and ``attn``, so a run's parameters are the
-  unrolled blocks' stacked on a leading axis (see ``to_scanned_params``).
-  """
-
-  block_cls: Any
-  attn_cls: Any
-  block_kwargs: dict[str, Any]
-  attn_kwargs: dict[str, Any] | None  # None: no attention after the block
-  train: bool
-  emit: bool  # also return h as the scan output (the down path's skip connections)
-
-  @nn.compact
-  def __call__(self, h: Array, skip: Array | None, temb: Array
-               ) -> tuple[Array, Array | None]:
-    if skip is not None:
-      h = jnp.concatenate([h, skip], axis=-1)
-    h = self.block_cls(**self.block_kwargs, name="block")(h, temb, self.train)
-    if self.attn_kwargs is not None:
-      h = self.attn_cls(**self.attn_kwargs, name="attn")(h)
-    return h, (h if self.emit else None)
-
-
-def _scanned_run(length: int) -> Any:
-  """``_RunStep`` scanned ``length`` times: params stacked on axis 0, a fresh
-  parameter-init and dropout key per block, ``temb`` shared by all."""
-  return nn.scan(_RunStep, variable_axes={"params": 0},
-                 split_rngs={"params": True, "dropout": True},
-                 in_axes=(0, nn.broadcast), length=length)
 
 
 class NCSNpp(nn.Module):
@@ -283,9 +240,9 @@ class NCSNpp(nn.Module):
       with_attn = hs[-1].shape[1] in self.attn_resolutions
       # Block i's input is block i-1's output, so only block 0 can differ.
       keys = [hs[-1].shape[-1]] + [out_ch] * (self.num_res_blocks - 1)
-      for start, stop in _runs(keys, self.scan_blocks):
+      for start, stop in runs(keys, self.scan_blocks):
         if stop - start > 1:
-          run = _scanned_run(stop - start)(
+          run = scanned_run(stop - start)(
               block_cls, attn_cls, block_kwargs(out_ch),
               attn_kwargs() if with_attn else None, train, emit=True,
               name=f"down_{level}_scan_{start}")
@@ -331,9 +288,9 @@ class NCSNpp(nn.Module):
       skips = [hs.pop() for _ in range(n_up)]
       # Block i sees (h, skip i); h has out_ch channels from block 1 on.
       keys = [(h.shape[-1] if i == 0 else out_ch, skips[i].shape) for i in range(n_up)]
-      for start, stop in _runs(keys, self.scan_blocks):
+      for start, stop in runs(keys, self.scan_blocks):
         if stop - start > 1:
-          run = _scanned_run(stop - start)(
+          run = scanned_run(stop - start)(
               block_cls, attn_cls, block_kwargs(out_ch), None, train, emit=False,
               name=f"up_{level}_scan_{start}")
           h, _ = run(h, jnp.stack(skips[start:stop]), temb)
@@ -377,201 +334,3 @@ class NCSNpp(nn.Module):
       h = nn.silu(layers.group_norm(h.shape[-1], dtype, "norm_out", self.max_groups)(h))
       h = layers.conv3x3(out_ch_img, dtype, init_scale=self.init_scale, name="conv_out")(h)
     return h.astype(jnp.float32)
-
-
-# ----------------------------------------------------- scanned <-> unrolled parameters
-
-_SCAN_NAME = re.compile(r"^(down|up)_(\d+)_scan_(\d+)$")
-# A scanned block's part inside a ``jax.tree_util.keystr`` key (the spectral
-# regulariser's power vectors are keyed by kernel path).
-_SCAN_KEYSTR = re.compile(r"\['(down|up)_(\d+)_scan_(\d+)'\]\['(block|attn)'\]")
-
-
-def _take(a: Any, j: int) -> Any:
-  """Block ``j`` of a stacked leaf (an array, or a ``jax.ShapeDtypeStruct``'s shape)."""
-  if isinstance(a, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
-  return a[j]
-
-
-def _stack(leaves: Sequence[Any]) -> Any:
-  """The leaves stacked on a new axis 0 (NumPy stays on the host, anything else is jnp;
-  ``jax.ShapeDtypeStruct`` leaves give the stacked shape)."""
-  if all(isinstance(a, jax.ShapeDtypeStruct) for a in leaves):
-    return jax.ShapeDtypeStruct((len(leaves),) + tuple(leaves[0].shape), leaves[0].dtype)
-  if all(isinstance(a, np.ndarray) for a in leaves):
-    return np.stack(leaves)
-  return jnp.stack([jnp.asarray(a) for a in leaves])
-
-
-def to_unrolled_params(params: dict[str, Any]) -> dict[str, Any]:
-  """An NCSN++ ``params`` tree in the ``scan_blocks=False`` layout.
-
-  Every scanned run ``{down,up}_{level}_scan_{first}`` (``block`` and, on the way down,
-  ``attn`` subtrees stacked on axis 0) becomes ``{down,up}_{level}_block_{first + j}``
-  (and ``down_{level}_attn_{first + j}``); everything else is passed through.
-
-  Args:
-    params: the ``"params"`` collection of an NCSN++ (either layout; array or
-      ``jax.ShapeDtypeStruct`` leaves), or any tree shaped like it (an EMA, Adam's
-      moments).
-
-  Returns:
-    The same arrays (sliced) under the unrolled names.
-  """
-  out: dict[str, Any] = {}
-  for name, sub in params.items():
-    match = _SCAN_NAME.match(name)
-    if match is None:
-      out[name] = sub
-      continue
-    path, level, first = match.group(1), match.group(2), int(match.group(3))
-    length = jax.tree.leaves(sub)[0].shape[0]
-    for j in range(length):
-      for part in ("block", "attn"):
-        if part in sub:
-          out[f"{path}_{level}_{part}_{first + j}"] = jax.tree.map(
-              lambda a, j=j: _take(a, j), sub[part])
-  return out
-
-
-def to_scanned_params(params: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
-  """An unrolled NCSN++ ``params`` tree in the layout of ``like``.
-
-  The runs to stack are read from ``like`` (which blocks a run holds depends on the
-  input's channel count and resolution, so the names alone do not fix it). ``params``
-  may also be scanned already (it is unrolled first).
-
-  Args:
-    params: the ``"params"`` collection, unrolled (``scan_blocks=False``) or scanned.
-    like: the target layout, e.g. ``jax.eval_shape(model.init, ...)["params"]`` of the
-      ``scan_blocks=True`` model (arrays or ``jax.ShapeDtypeStruct`` leaves).
-
-  Returns:
-    ``params`` with each run's blocks stacked on axis 0.
-
-  Raises:
-    ValueError: a parameter missing, left over or of another shape than in ``like``.
-  """
-  params = to_unrolled_params(params)
-  out: dict[str, Any] = {}
-  used: set[str] = set()
-  for name, target in like.items():
-    match = _SCAN_NAME.match(name)
-    if match is None:
-      if name not in params:
-        raise ValueError(f"to_scanned_params: {name!r} missing from the params")
-      out[name] = params[name]
-      used.add(name)
-      continue
-    path, level, first = match.group(1), match.group(2), int(match.group(3))
-    length = jax.tree.leaves(target)[0].shape[0]
-    out[name] = {}
-    for part in target:
-      names = [f"{path}_{level}_{part}_{first + j}" for j in range(length)]
-      missing = [n for n in names if n not in params]
-      if missing:
-        raise ValueError(f"to_scanned_params: {missing[0]!r} (for {name}/{part}) missing "
-                         "from the params")
-      out[name][part] = jax.tree.map(lambda *a: _stack(a), *[params[n] for n in names])
-      used.update(names)
-  extra = sorted(set(params) - used)
-  if extra:
-    raise ValueError(f"to_scanned_params: {extra[0]!r} has no place in the target layout")
-  got = jax.tree_util.tree_flatten_with_path(out)[0]
-  want = jax.tree_util.tree_flatten_with_path(like)[0]
-  if [k for k, _ in got] != [k for k, _ in want]:
-    raise ValueError("to_scanned_params: the parameter names differ from the target's")
-  for (key, a), (_, b) in zip(got, want):
-    if tuple(a.shape) != tuple(b.shape):
-      raise ValueError(f"to_scanned_params: {jax.tree_util.keystr(key)} has shape "
-                       f"{tuple(a.shape)}, the target {tuple(b.shape)}")
-  return out
-
-
-def _is_scanned_level(x: Any) -> bool:
-  """A dict holding an NCSN++'s top-level modules with at least one scanned run, or a
-  dict of spectral power vectors keyed by such a model's kernel paths."""
-  return isinstance(x, dict) and any(
-      isinstance(k, str) and (_SCAN_NAME.match(k) or _SCAN_KEYSTR.search(k)) for k in x)
-
-
-def _unrolled_vectors(vectors: dict[str, Any]) -> dict[str, Any]:
-  """Power vectors keyed by scanned kernel paths -> one entry per block."""
-  out: dict[str, Any] = {}
-  for key, value in vectors.items():
-    match = _SCAN_KEYSTR.search(key)
-    if match is None:
-      out[key] = value
-      continue
-    path, level, first, part = match.groups()
-    length = jax.tree.leaves(value)[0].shape[0]
-    for j in range(length):
-      name = key[:match.start()] + f"['{path}_{level}_{part}_{int(first) + j}']" + \
-          key[match.end():]
-      out[name] = jax.tree.map(lambda a, j=j: _take(a, j), value)
-  return out
-
-
-def _scanned_vectors(vectors: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
-  """Power vectors of the unrolled model in the scanned keys of ``like``."""
-  vectors = _unrolled_vectors(vectors)
-  out: dict[str, Any] = {}
-  for key, target in like.items():
-    match = _SCAN_KEYSTR.search(key)
-    if match is None:
-      out[key] = vectors[key]
-      continue
-    path, level, first, part = match.groups()
-    length = jax.tree.leaves(target)[0].shape[0]
-    names = [key[:match.start()] + f"['{path}_{level}_{part}_{int(first) + j}']" +
-             key[match.end():] for j in range(length)]
-    out[key] = jax.tree.map(lambda *a: _stack(a), *[vectors[n] for n in names])
-  return out
-
-
-def unrolled_layout(tree: Any) -> Any:
-  """``tree`` with every scanned NCSN++ parameter level in the unrolled layout.
-
-  ``tree`` is any pytree that holds NCSN++ parameter trees somewhere (a ``TrainState``,
-  its abstract ``jax.eval_shape``, an optimizer state whose moments are shaped like the
-  parameters, LSGM's ``{"vae", "score"}``): each dict with ``{down,up}_{level}_scan_*``
-  keys goes through ``to_unrolled_params``, each dict of spectral power vectors keyed by
-  such paths is split per block; everything else is passed through. The checkpoint
-  importers map a reference's file onto this layout (the references' own).
-  """
-  def one(x: Any) -> Any:
-    if not _is_scanned_level(x):
-      return x
-    if any(isinstance(k, str) and _SCAN_KEYSTR.search(k) for k in x):
-      return _unrolled_vectors(x)
-    return to_unrolled_params(x)
-  return jax.tree.map(one, tree, is_leaf=_is_scanned_level)
-
-
-def scanned_layout(tree: Any, like: Any) -> Any:
-  """``tree`` (in ``unrolled_layout(like)``'s layout) in the layout of ``like``.
-
-  The inverse of ``unrolled_layout``: each scanned parameter level of ``like`` is filled
-  by ``to_scanned_params`` from ``tree``'s unrolled level at the same place (and power
-  vectors stacked per run). With no scanned level in ``like``, ``tree`` is returned as is.
-
-  Raises:
-    ValueError: ``tree`` does not have ``like``'s structure outside the scanned levels,
-      or a scanned level cannot be filled (see ``to_scanned_params``).
-  """
-  if _is_scanned_level(like):
-    if any(isinstance(k, str) and _SCAN_KEYSTR.search(k) for k in like):
-      return _scanned_vectors(tree, like)
-    return to_scanned_params(tree, like=like)
-  if not any(_is_scanned_level(x)
-             for x in jax.tree.leaves(like, is_leaf=_is_scanned_level)):
-    return tree  # untouched, the same object (an EMA may share subtrees with params)
-  if isinstance(like, dict) and isinstance(tree, dict):
-    if set(like) != set(tree):
-      raise ValueError(f"scanned_layout: keys {sorted(tree)} where {sorted(like)} expected")
-    return {k: scanned_layout(v, like[k]) for k, v in tree.items()}
-  # Any other container (optax states, tuples): one level down, rebuilt.
-  children, treedef = jax.tree_util.tree_flatten(like, is_leaf=lambda n: n is not like)
-  return treedef.unflatten([scanned_layout(x, target) for x, target in
-                            zip(treedef.flatten_up_to(tree), children)])

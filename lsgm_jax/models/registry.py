@@ -32,7 +32,7 @@ def _unet(model: ml_collections.ConfigDict, in_shape, out_channels, dtype) -> nn
   return UNet(ch=int(model.nf), ch_mult=tuple(model.ch_mult),
               num_res_blocks=int(model.num_res_blocks),
               attn_resolutions=tuple(model.attn_resolutions), dropout=float(model.dropout),
-              out_channels=out_channels, dtype=dtype)
+              out_channels=out_channels, scan_blocks=bool(model.scan_blocks), dtype=dtype)
 
 
 def _ncsnpp(model: ml_collections.ConfigDict, in_shape, out_channels, dtype) -> nn.Module:
