@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lsgm_jax.models import conv
+
 PyTree = Any
 # loss_fn(params, model_state, batch, rng, step) -> (loss, (metrics, new_model_state))
 LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], PyTree]]]
@@ -94,8 +96,10 @@ def make_update_step(
     def wrapped(p):
       p = cast_floating(p, compute_dtype) if compute_dtype != jnp.float32 else p
       return loss_fn(p, model_state, batch, rng, step)
-    (loss, (metrics, new_model_state)), grads = jax.value_and_grad(
-        wrapped, has_aux=True)(params)
+    # Convolutions inside scanned blocks get a gradient XLA:CPU runs fast (models/conv.py).
+    with conv.canonical_cpu_gradients():
+      (loss, (metrics, new_model_state)), grads = jax.value_and_grad(
+          wrapped, has_aux=True)(params)
     metrics = dict(metrics, loss=loss)
     return grads, metrics, new_model_state
 

@@ -31,24 +31,34 @@ def test_gradients_equal_lax(kernel, padding):
       return jnp.sum(y * jax.random.normal(kd, y.shape))
     return value
 
-  ours = jax.jit(jax.value_and_grad(loss(conv.conv_general_dilated), (0, 1)))(x, w)
+  with conv.canonical_cpu_gradients():
+    ours = jax.jit(jax.value_and_grad(loss(conv.conv_general_dilated), (0, 1)))(x, w)
   ref = jax.jit(jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1)))(x, w)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
 
 
-def test_other_convolutions_go_to_lax_unchanged():
+def test_custom_gradient_only_where_enabled():
+  """Inside ``canonical_cpu_gradients`` eligible convolutions carry the custom VJP; other
+  convolutions, and every convolution outside it, are lax's, so forward mode
+  (the likelihood's ``jax.jvp``) still works there."""
   x = jnp.ones((1, 8, 8, 2))
   w = jnp.ones((3, 3, 2, 4))
-  for kwargs in [dict(window_strides=(2, 2)), dict(rhs_dilation=(2, 2)),
-                 dict(padding=((3, 3), (3, 3)))]:
+
+  def jaxpr_of(**kwargs):
     args = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=_DN) | kwargs
-    jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(x, w, **args))(x, w))
-    assert "custom_vjp" not in jaxpr
-  jaxpr = str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(
-      x, w, (1, 1), "SAME", dimension_numbers=_DN))(x, w))
-  assert "custom_vjp" in jaxpr
+    return str(jax.make_jaxpr(lambda x, w: conv.conv_general_dilated(x, w, **args))(x, w))
+
+  with conv.canonical_cpu_gradients():
+    assert "custom_vjp" in jaxpr_of()
+    for kwargs in [dict(window_strides=(2, 2)), dict(rhs_dilation=(2, 2)),
+                   dict(padding=((3, 3), (3, 3)))]:
+      assert "custom_vjp" not in jaxpr_of(**kwargs)
+  assert "custom_vjp" not in jaxpr_of()
+  f = lambda x: conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_DN)
+  _, tangent = jax.jvp(f, (x,), (x,))
+  np.testing.assert_allclose(tangent, f(x), rtol=1e-6)  # linear in x
 
 
 def test_scanned_gradient_has_only_canonical_convolutions_on_cpu():
@@ -65,7 +75,9 @@ def test_scanned_gradient_has_only_canonical_convolutions_on_cpu():
       return jnp.sum(lax.scan(block, x, w)[0] ** 2)
     w = jnp.ones((2, 3, 3, 8, 8))
     x = jnp.ones((2, 6, 6, 8))
-    text = jax.jit(jax.grad(loss)).lower(w, x).compile(CHEAP_COMPILER_OPTIONS).as_text()
+    with conv.canonical_cpu_gradients():
+      lowered = jax.jit(jax.grad(loss)).lower(w, x)
+    text = lowered.compile(CHEAP_COMPILER_OPTIONS).as_text()
     return set(re.findall(r"dim_labels=(\S+?)[,}\s]", text))
 
   assert dim_labels(conv.conv_general_dilated) == {"b01f_01io->b01f"}

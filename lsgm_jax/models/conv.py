@@ -15,10 +15,17 @@ convolutions it runs the same forward convolution with a custom VJP that, on CPU
 writes both gradients as canonical convolutions with explicit transposes; on every
 other platform (``lax.platform_dependent``) the gradient is JAX's own. The forward pass
 and the parameters are unchanged everywhere.
+
+A ``custom_vjp`` cannot be differentiated in forward mode (``jax.jvp``: the likelihood's
+divergence), so the custom gradient is used only while ``canonical_cpu_gradients()`` is
+active at trace time: the train step (``train_state.make_train_step``) traces its
+``value_and_grad`` inside it; everywhere else the convolution is lax's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Sequence
 
@@ -29,6 +36,19 @@ Array = jax.Array
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
+_CANONICAL_GRADS = contextvars.ContextVar("canonical_cpu_conv_gradients", default=False)
+
+
+@contextlib.contextmanager
+def canonical_cpu_gradients(enabled: bool = True):
+  """Within this context (at trace time), eligible convolutions get the CPU-friendly
+  custom VJP (reverse mode only; no ``jax.jvp`` through them)."""
+  token = _CANONICAL_GRADS.set(enabled)
+  try:
+    yield
+  finally:
+    _CANONICAL_GRADS.reset(token)
 
 
 def _conv(x: Array, w: Array, pads: Pads, precision: Any) -> Array:
@@ -102,15 +122,15 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> Array:
-  """``lax.conv_general_dilated`` with a CPU-friendly gradient where it applies
-  (module docstring); any other convolution goes to lax unchanged."""
+  """``lax.conv_general_dilated`` with a CPU-friendly gradient where it applies and
+  ``canonical_cpu_gradients`` is active (module docstring); otherwise lax's."""
   fallback = functools.partial(
       lax.conv_general_dilated, lhs, rhs, window_strides, padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       batch_group_count=batch_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
-  if (lhs.ndim != 4 or not _is_nhwc_hwio(dimension_numbers)
+  if (not _CANONICAL_GRADS.get() or lhs.ndim != 4 or not _is_nhwc_hwio(dimension_numbers)
       or not _all_one(window_strides) or not _all_one(lhs_dilation)
       or not _all_one(rhs_dilation) or feature_group_count != 1
       or batch_group_count != 1 or preferred_element_type is not None):
