@@ -40,7 +40,7 @@ def _transposed_then_fir(x, w, kernel, factor=2):
   return fir.upfirdn2d_depthwise(t, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
 
 
-def _time(fn, *args, repeats: int) -> float:
+def median_grad_seconds(fn, *args, repeats: int) -> float:
   """Median seconds of one forward + backward of sum(fn(*args)^2)."""
   grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=tuple(range(len(args)))))
   jax.block_until_ready(grad(*args))
@@ -78,8 +78,8 @@ def main() -> None:
   print("|---|---:|---:|---:|---:|")
   for name, conv_form, model_form, args in cases:
     diff = float(jnp.max(jnp.abs(conv_form(*args) - model_form(*args))))
-    t_conv = _time(conv_form, *args, repeats=flags.repeats)
-    t_model = _time(model_form, *args, repeats=flags.repeats)
+    t_conv = median_grad_seconds(conv_form, *args, repeats=flags.repeats)
+    t_model = median_grad_seconds(model_form, *args, repeats=flags.repeats)
     print(f"| {name} | {t_conv * 1e3:.1f} | {t_model * 1e3:.1f} | {t_conv / t_model:.1f}x | "
           f"{diff:.1e} |", flush=True)
 

@@ -12,27 +12,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.fir_resampling import median_grad_seconds  # noqa: E402
+
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _time(name: str, fn, *args, repeats: int) -> None:
-  grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=tuple(range(len(args)))))
-  jax.block_until_ready(grad(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(grad(*args))
-    times.append(time.perf_counter() - t0)
-  print(f"{name:36s} {np.median(times) * 1e3:8.1f} ms")
+  print(f"{name:36s} {median_grad_seconds(fn, *args, repeats=repeats) * 1e3:8.1f} ms")
 
 
 def _attention(x, w):

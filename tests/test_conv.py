@@ -82,3 +82,22 @@ def test_scanned_gradient_has_only_canonical_convolutions_on_cpu():
 
   assert dim_labels(conv.conv_general_dilated) == {"b01f_01io->b01f"}
   assert dim_labels(lax.conv_general_dilated) != {"b01f_01io->b01f"}  # the defect it fixes
+
+
+def test_the_update_step_takes_the_custom_gradient():
+  """``train_state.make_update_step`` traces its gradient inside
+  ``canonical_cpu_gradients``: without it the scanned models' steps run ~10x slower on
+  CPU (BENCHMARKS.md)."""
+  import optax
+  from lsgm_jax.train_state import create_train_state, make_update_step
+
+  def loss(params, model_state, batch, rng, step):
+    del rng, step
+    y = conv.conv_general_dilated(batch, params["w"], (1, 1), "SAME", dimension_numbers=_DN)
+    value = jnp.mean(y ** 2)
+    return value, ({}, model_state)
+
+  tx = optax.sgd(0.1)
+  state = create_train_state({"w": jnp.ones((3, 3, 2, 2))}, {}, tx, jax.random.key(0))
+  jaxpr = str(jax.make_jaxpr(make_update_step(loss, tx))(state, jnp.ones((1, 4, 4, 2))))
+  assert "platform_index" in jaxpr  # the custom backward's CPU / other-platform switch
