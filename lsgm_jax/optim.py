@@ -6,8 +6,14 @@ pre-clip global norm is available to the skip guard and to the logs.
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+PyTree = Any
 
 OPTIMIZERS = ("adam", "adamw", "adamax")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -35,13 +41,16 @@ def make_schedule(optim: ml_collections.ConfigDict, num_train_steps: int) -> opt
 def make_optimizer(
     optim: ml_collections.ConfigDict, num_train_steps: int
 ) -> optax.GradientTransformation:
-  """The optax optimizer for one parameter group (LSGM builds one per group)."""
+  """The optax optimizer for one parameter group (LSGM builds one per group); Adam and
+  AdamW come as ``GuardedAdam`` (their optax selves plus an in-place guarded update)."""
   schedule = make_schedule(optim, num_train_steps)
   kwargs = dict(b1=float(optim.beta1), b2=float(optim.beta2), eps=float(optim.eps))
+  if optim.optimizer == "adam" and float(optim.weight_decay) == 0:
+    return guarded_adam(schedule, weight_decay=None, **kwargs)
+  if optim.optimizer == "adamw":
+    return guarded_adam(schedule, weight_decay=float(optim.weight_decay), **kwargs)
   if optim.optimizer == "adam":
     tx = optax.adam(schedule, **kwargs)
-  elif optim.optimizer == "adamw":
-    tx = optax.adamw(schedule, weight_decay=float(optim.weight_decay), **kwargs)
   elif optim.optimizer == "adamax":
     tx = optax.adamax(schedule, **kwargs)
   else:
@@ -50,3 +59,64 @@ def make_optimizer(
   if optim.optimizer != "adamw" and float(optim.weight_decay) > 0:
     tx = optax.chain(optax.add_decayed_weights(float(optim.weight_decay)), tx)
   return tx
+
+
+class GuardedAdam(NamedTuple):
+  """``optax.adam`` / ``optax.adamw`` (the same ``init``, ``update`` and state pytree, so
+  checkpoints and imports see no difference) plus ``apply_if``: the whole guarded update
+  ``(grads, opt_state, params, ok) -> (params, opt_state)`` in which a step with ``ok``
+  false leaves every leaf and counter unchanged (the train step's skip guard).
+
+  ``apply_if`` computes the same numbers as ``tx.update`` + ``optax.apply_updates`` + a
+  per-leaf ``where(ok, new, old)``, in an order that lets XLA update donated buffers in
+  place: the moments are selected first and the parameter update reads the selected
+  moments. With ``materialize`` (XLA:CPU, which has no multi-output fusion) optimization
+  barriers make each new leaf one in-place kernel; otherwise the backend fuses freely.
+  Written as optax writes it, the CPU step copies the moments and parameters out of the
+  way (1.9 GB per step for the paper NCSN++; BENCHMARKS.md).
+  """
+
+  init: Callable[[PyTree], PyTree]
+  update: Callable[..., tuple[PyTree, PyTree]]
+  apply_if: Callable[..., tuple[PyTree, PyTree]]
+
+
+def guarded_adam(schedule: optax.Schedule, *, b1: float, b2: float, eps: float,
+                 weight_decay: float | None) -> GuardedAdam:
+  """Adam (Kingma & Ba 2015, Alg. 1) with bias correction, or AdamW's decoupled weight
+  decay (Loshchilov & Hutter 2019) when ``weight_decay`` is not None; learning rate
+  ``schedule(count)``."""
+  if weight_decay is None:
+    tx = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
+  else:
+    tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+  def apply_if(grads: PyTree, opt_state: PyTree, params: PyTree, ok: jax.Array, *,
+               materialize: bool = False) -> tuple[PyTree, PyTree]:
+    adam, *rest, sched = opt_state
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    barrier = jax.lax.optimization_barrier if materialize else (lambda x: x)
+    # optax.scale_by_adam's moments, selected before anything reads them.
+    mu = keep(optax.tree.update_moment(grads, adam.mu, b1, 1), adam.mu)
+    nu = keep(optax.tree.update_moment_per_elem_norm(grads, adam.nu, b2, 2), adam.nu)
+    mu, nu = barrier((mu, nu))
+    count = optax.safe_increment(adam.count)
+    mu_hat = optax.tree.bias_correction(mu, b1, count)
+    nu_hat = optax.tree.bias_correction(nu, b2, count)
+    step_size = -1 * schedule(sched.count)  # optax.scale_by_learning_rate
+
+    def new_param(p, m, v):
+      u = m / (jnp.sqrt(v) + eps)
+      if weight_decay:  # optax.add_decayed_weights (a zero decay is skipped there too)
+        u = u + weight_decay * p
+      u = jnp.array(step_size, dtype=u.dtype) * u
+      return jnp.where(ok, jnp.asarray(p + u).astype(p.dtype), p)
+
+    new_params = jax.tree.map(new_param, params, mu_hat, nu_hat)
+    new_state = (adam._replace(count=jnp.where(ok, count, adam.count), mu=mu, nu=nu),
+                 *rest,
+                 sched._replace(count=jnp.where(ok, optax.safe_increment(sched.count),
+                                                sched.count)))
+    return barrier(new_params), new_state
+
+  return GuardedAdam(tx.init, tx.update, apply_if)

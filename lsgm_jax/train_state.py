@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lsgm_jax import optim
 from lsgm_jax.models import conv
 
 PyTree = Any
@@ -84,13 +85,19 @@ def make_update_step(
     ema_decay: float = 0.999,
     compute_dtype: jnp.dtype = jnp.float32,
     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
+    materialize: bool | None = None,
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, dict[str, jax.Array]]]:
   """Returns ``step(state, batch) -> (state, metrics)``, pure and jit-able.
 
   Metrics are scalars: the method's loss terms (means over the batch), ``grad_norm``
   (before clipping), ``skipped`` (1.0 if the guard dropped this step), the running
   counters and the learning rate.
+
+  ``materialize`` (default: the default backend is CPU) orders an ``optim.GuardedAdam``
+  update into one in-place kernel per new leaf, which XLA:CPU cannot fuse on its own.
   """
+  if materialize is None:
+    materialize = jax.default_backend() == "cpu"
 
   def grads_of(params, model_state, batch, rng, step):
     def wrapped(p):
@@ -134,20 +141,30 @@ def make_update_step(
     if skip_threshold > 0:
       ok &= grad_norm < skip_threshold
 
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    new_ema = jax.tree.map(
-        lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params)
-
     def keep_if_ok(new, old):
       return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+    def ema_of(params):
+      return jax.tree.map(
+          lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+
+    if isinstance(tx, optim.GuardedAdam):  # the same numbers, updated in place
+      new_params, new_opt_state = tx.apply_if(
+          grads, state.opt_state, state.params, ok, materialize=materialize)
+      new_ema = keep_if_ok(ema_of(new_params), state.ema_params)
+    else:
+      updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+      new_params = optax.apply_updates(state.params, updates)
+      new_ema = keep_if_ok(ema_of(new_params), state.ema_params)
+      new_params = keep_if_ok(new_params, state.params)
+      new_opt_state = keep_if_ok(new_opt_state, state.opt_state)
 
     skipped = (~ok).astype(jnp.int32)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep_if_ok(new_params, state.params),
-        ema_params=keep_if_ok(new_ema, state.ema_params),
-        opt_state=keep_if_ok(new_opt_state, state.opt_state),
+        params=new_params,
+        ema_params=new_ema,
+        opt_state=new_opt_state,
         model_state=keep_if_ok(new_model_state, state.model_state),
         num_skipped=state.num_skipped + skipped,
         consecutive_skips=jnp.where(ok, 0, state.consecutive_skips + 1),
