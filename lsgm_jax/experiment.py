@@ -5,9 +5,12 @@ and tools can build the real programs on a bare accelerator image.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from lsgm_jax import checkpoint, data, methods, parallel
@@ -47,6 +50,19 @@ class Experiment:
     self.sample_fn = jax.jit(self.method.sample, static_argnums=2,
                              out_shardings=(replicated, replicated))
 
+  def abstract_train_batch(self, global_batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes and dtypes of a global training batch as the data pipelines yield it
+    (``{"x": float32 [B, ...], "label": int32 [B]}``)."""
+    return {"x": jax.ShapeDtypeStruct((global_batch_size,) + tuple(self.data_info.shape),
+                                      jnp.float32),
+            "label": jax.ShapeDtypeStruct((global_batch_size,), jnp.int32)}
+
+  def compile_train_step_in_background(self, global_batch_size: int) -> "BackgroundCompile":
+    """Starts tracing, lowering and compiling the train step on a thread, from abstract
+    values, so that it overlaps the state's initialisation or checkpoint restore."""
+    return BackgroundCompile(self.train_step, self.abstract_state,
+                             self.abstract_train_batch(global_batch_size))
+
   def check_batch_size(self, global_batch_size: int, what: str) -> None:
     devices = self.mesh.devices.size
     if global_batch_size % devices or global_batch_size % jax.process_count():
@@ -85,3 +101,44 @@ class Experiment:
           f"--workdir={self.workdir}")
     state, meta, step = restored
     return state, step, meta
+
+
+class BackgroundCompile:
+  """The train step compiled on a thread from the state's and a batch's abstract values.
+
+  Start-up was the sum of the state's init (or restore) and the step's compile; with the
+  compile on a thread it is about the larger of the two (XLA compiles without the GIL).
+  ``result(batch)`` waits for it and returns ``(traced, compiled, seconds)``; a real
+  batch whose shapes differ from the abstract one is compiled for then and there.
+  """
+
+  def __init__(self, jitted, abstract_state, abstract_batch):
+    self._jitted = jitted
+    self._abstract_batch = abstract_batch
+    self._outcome: tuple[Any, ...] | BaseException | None = None
+    self._thread = threading.Thread(target=self._compile, args=(abstract_state,),
+                                    name="compile-train-step", daemon=True)
+    self._thread.start()
+
+  def _compile(self, abstract_state) -> None:
+    start = time.perf_counter()
+    try:
+      traced = self._jitted.trace(abstract_state, self._abstract_batch)
+      self._outcome = (traced, traced.lower().compile(), time.perf_counter() - start)
+    except BaseException as e:  # re-raised by result() in the caller's thread
+      self._outcome = e
+
+  def wait(self) -> None:
+    """Blocks until the thread is done (before an exit, so none is left compiling)."""
+    self._thread.join()
+
+  def result(self, state, batch) -> tuple[Any, Any, float]:
+    self.wait()
+    if isinstance(self._outcome, BaseException):
+      raise self._outcome
+    spec = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), tree)
+    if spec(batch) == spec(self._abstract_batch):
+      return self._outcome
+    start = time.perf_counter()  # a pipeline with other keys or dtypes
+    traced = self._jitted.trace(state, batch)
+    return traced, traced.lower().compile(), time.perf_counter() - start

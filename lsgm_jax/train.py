@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from jax.experimental import multihost_utils
 
 from lsgm_jax import checkpoint, console, data, flops, parallel, signals
 from lsgm_jax.evaluation import distances, sample_images, sample_quality
-from lsgm_jax.experiment import Experiment  # re-exported: train.Experiment
+from lsgm_jax.experiment import BackgroundCompile, Experiment  # re-exported: train.Experiment
 from lsgm_jax.train_state import TrainState
 from lsgm_jax.workdir_lock import WorkdirLock
 
@@ -166,6 +167,8 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, devices,
     console.write_config_json(config, workdir)
   _check_not_preempted(preemption)
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
+  # The step compiles on a thread while the state is initialised or restored.
+  compiling = exp.compile_train_step_in_background(int(training.batch_size))
   try:
     state, meta = exp.init_or_restore(checkpointer)
     start_step = int(jax.device_get(state.step))
@@ -181,15 +184,17 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, devices,
     writer.write_scalars(start_step, {"num_params": exp.num_params})
     _check_not_preempted(preemption)
     return _run_steps(exp, state, start_step, data_position, checkpointer, writer,
-                      preemption, lock)
+                      preemption, lock, compiling)
   finally:
+    if not isinstance(sys.exc_info()[1], KeyboardInterrupt):  # a second Ctrl-C: at once
+      compiling.wait()  # no thread left inside XLA while the process exits
     checkpointer.close()
     writer.flush()
 
 
 def _run_steps(exp: Experiment, state: TrainState, start_step: int, data_position: int,
                checkpointer: checkpoint.Checkpointer, writer, preemption: Preemption,
-               lock: WorkdirLock | None) -> TrainState:
+               lock: WorkdirLock | None, compiling: BackgroundCompile) -> TrainState:
   config, workdir = exp.config, exp.workdir
   training = config.training
   total = int(training.num_train_steps)
@@ -211,17 +216,15 @@ def _run_steps(exp: Experiment, state: TrainState, start_step: int, data_positio
   step = start_step
   if step >= total:
     return state
-  # Compile ahead of time: the compile time is logged, and the program's jaxpr gives the
-  # model FLOPs per step for TFLOP/s and MFU (lsgm_jax.flops).
+  # Compiled ahead of time (on a thread since start-up): the compile time is logged, and
+  # the program's jaxpr gives the model FLOPs per step for TFLOP/s and MFU (lsgm_jax.flops).
   batch = parallel.global_batch(next(train_iter), exp.mesh)
-  t0 = time.perf_counter()
-  traced = exp.train_step.trace(state, batch)
+  traced, train_step, compile_s = compiling.result(state, batch)
   flops_per_step = flops.count_jaxpr_flops(traced.jaxpr.jaxpr) or None
-  train_step = traced.lower().compile()
   device = jax.devices()[0]
   kind = getattr(device, "device_kind", device.platform)
   peak = flops.peak_tflops(kind, training.compute_dtype)
-  logging.info("compiled the train step in %.1f s (%s per step)", time.perf_counter() - t0,
+  logging.info("compiled the train step in %.1f s (%s per step)", compile_s,
                console.human_flops(flops_per_step) if flops_per_step else "FLOPs unknown")
   _check_not_preempted(preemption)
   progress = console.Progress(step, total)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import jax
@@ -34,6 +35,64 @@ def latest_state(workdir: str, config) -> tuple[TrainState, dict]:
   exp = train.Experiment(config, workdir, devices=jax.devices()[:1])
   state, _, meta = exp.restore_for_inference()
   return state, meta
+
+
+def test_the_step_compiles_on_a_thread_while_the_state_is_initialised(tmp_path, monkeypatch):
+  """Start-up overlaps the step's compile with the init (or restore) instead of adding
+  them, and the loop runs that program: one trace of the step in the whole run."""
+  spans = {}
+  compile_body = train.BackgroundCompile._compile
+  init_or_restore = train.Experiment.init_or_restore
+
+  def timed_compile(self, abstract_state):
+    start = time.perf_counter()
+    compile_body(self, abstract_state)
+    spans["compile"] = (start, time.perf_counter(), threading.current_thread().name)
+    spans["traced"] = self._outcome[0]
+
+  def timed_init(self, checkpointer):
+    start = time.perf_counter()
+    out = init_or_restore(self, checkpointer)
+    spans["init"] = (start, time.perf_counter())
+    return out
+
+  traces = []
+  monkeypatch.setattr(train.BackgroundCompile, "_compile", timed_compile)
+  monkeypatch.setattr(train.Experiment, "init_or_restore", timed_init)
+  config = smoke_config(**{"training.num_train_steps": 3})
+  result = train.BackgroundCompile.result
+
+  def counted_result(self, state, batch):
+    out = result(self, state, batch)
+    traces.append(out[0])
+    return out
+
+  monkeypatch.setattr(train.BackgroundCompile, "result", counted_result)
+  state = train.train(config, str(tmp_path), devices=jax.devices()[:1])
+  assert int(state.step) == 3
+  compile_start, _, thread = spans["compile"]
+  assert thread == "compile-train-step"
+  assert compile_start < spans["init"][1]  # started before the init had finished
+  assert len(traces) == 1 and traces[0] is spans["traced"]  # the thread's program
+
+
+def test_a_batch_unlike_the_abstract_one_is_compiled_for(tmp_path):
+  """A pipeline whose batch differs from ``abstract_train_batch`` still gets a program
+  for its real batch (compiled then), not the background one."""
+  config = smoke_config()
+  exp = train.Experiment(config, str(tmp_path), devices=jax.devices()[:1])
+  state = exp.init_fn(exp.rng)
+  real = parallel.global_batch(
+      next(data.make_train_iterator(config.data, global_batch_size=8, seed=0)), exp.mesh)
+  wrong = train.BackgroundCompile(exp.train_step, exp.abstract_state,
+                                  exp.abstract_train_batch(16))
+  _, program, _ = wrong.result(state, real)
+  new_state, metrics = program(state, real)
+  assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
+  right = exp.compile_train_step_in_background(8)
+  _, program, _ = right.result(None, real)  # matches: the thread's program, no state used
+  new_state, _ = program(exp.init_fn(exp.rng), real)
+  assert int(new_state.step) == 1
 
 
 def test_eight_device_step_equals_one_device(tmp_path):
