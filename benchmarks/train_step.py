@@ -86,6 +86,9 @@ def main(argv=None) -> dict:
                       help="run cold then warm on a fresh persistent compilation cache here")
   parser.add_argument("--cache_run", default="", help=argparse.SUPPRESS)  # one child run
   args = parser.parse_args(argv)
+  if args.overlapped and (args.cache_dir or args.steps != 50 or args.warmup != 3):
+    parser.error("--overlapped times the start-up only: without --cache_dir, --steps, "
+                 "--warmup")
   if args.cache_dir:
     return _cold_and_warm(args, sys.argv[1:] if argv is None else list(argv))
 

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from lsgm_jax import checkpoint, data, methods, parallel
 from lsgm_jax.train_state import TrainState
@@ -59,9 +60,13 @@ class Experiment:
 
   def compile_train_step_in_background(self, global_batch_size: int) -> "BackgroundCompile":
     """Starts tracing, lowering and compiling the train step on a thread, from abstract
-    values, so that it overlaps the state's initialisation or checkpoint restore."""
+    values, so that it overlaps the state's initialisation or checkpoint restore. On GPU
+    nothing starts early (XLA:GPU autotunes kernels on the device the init or restore is
+    using): ``result`` compiles then, as before."""
+    platform = self.mesh.devices.flat[0].platform
     return BackgroundCompile(self.train_step, self.abstract_state,
-                             self.abstract_train_batch(global_batch_size))
+                             self.abstract_train_batch(global_batch_size),
+                             start=platform in ("cpu", "tpu"))
 
   def check_batch_size(self, global_batch_size: int, what: str) -> None:
     devices = self.mesh.devices.size
@@ -108,17 +113,19 @@ class BackgroundCompile:
 
   Start-up was the sum of the state's init (or restore) and the step's compile; with the
   compile on a thread it is about the larger of the two (XLA compiles without the GIL).
-  ``result(batch)`` waits for it and returns ``(traced, compiled, seconds)``; a real
-  batch whose shapes differ from the abstract one is compiled for then and there.
+  ``result(state, batch)`` waits for it and returns ``(traced, compiled, seconds)``; a
+  real batch whose shapes differ from the abstract one is compiled for then and there,
+  and so is everything when ``start`` is False.
   """
 
-  def __init__(self, jitted, abstract_state, abstract_batch):
+  def __init__(self, jitted, abstract_state, abstract_batch, *, start: bool = True):
     self._jitted = jitted
     self._abstract_batch = abstract_batch
     self._outcome: tuple[Any, ...] | BaseException | None = None
     self._thread = threading.Thread(target=self._compile, args=(abstract_state,),
                                     name="compile-train-step", daemon=True)
-    self._thread.start()
+    if start:
+      self._thread.start()
 
   def _compile(self, abstract_state) -> None:
     start = time.perf_counter()
@@ -130,15 +137,19 @@ class BackgroundCompile:
 
   def wait(self) -> None:
     """Blocks until the thread is done (before an exit, so none is left compiling)."""
-    self._thread.join()
+    if self._thread.ident is not None:
+      self._thread.join()
 
   def result(self, state, batch) -> tuple[Any, Any, float]:
     self.wait()
     if isinstance(self._outcome, BaseException):
       raise self._outcome
     spec = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), tree)
-    if spec(batch) == spec(self._abstract_batch):
+    if self._outcome is not None and spec(batch) == spec(self._abstract_batch):
       return self._outcome
-    start = time.perf_counter()  # a pipeline with other keys or dtypes
+    if self._outcome is not None:
+      logging.warning("the training batch %s differs from the expected %s: compiling the "
+                      "train step again for it", spec(batch), spec(self._abstract_batch))
+    start = time.perf_counter()
     traced = self._jitted.trace(state, batch)
     return traced, traced.lower().compile(), time.perf_counter() - start

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -41,8 +40,9 @@ class SkipLimitError(RuntimeError):
 class Preemption:
   """Turns SIGTERM and Ctrl-C (SIGINT) into a flag read at the next step boundary (no
   host sync); a second Ctrl-C aborts at once. Installed before anything is built, so a
-  signal during start-up or compilation ends the run with exit 0 as soon as control
-  returns (nothing to save yet) instead of the default exit 143.
+  signal during start-up or compilation ends the run with exit 0 (nothing to save yet)
+  instead of the default exit 143, once the train step's compile, which runs from
+  start-up on, is done.
 
   With several processes, jax's own preemption service (started by
   ``jax.distributed.initialize``) makes every process agree on the step at which to
@@ -167,8 +167,13 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, devices,
     console.write_config_json(config, workdir)
   _check_not_preempted(preemption)
   checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint)
-  # The step compiles on a thread while the state is initialised or restored.
-  compiling = exp.compile_train_step_in_background(int(training.batch_size))
+  # The step compiles on a thread while the state is initialised or restored (not for a
+  # run already at num_train_steps). An error or a signal during start-up is reported
+  # once that compile is done: no thread is left inside XLA while the process exits.
+  latest = checkpointer.latest_step()
+  compiling = (exp.compile_train_step_in_background(int(training.batch_size))
+               if latest is None or latest < int(training.num_train_steps) else None)
+  aborted = False
   try:
     state, meta = exp.init_or_restore(checkpointer)
     start_step = int(jax.device_get(state.step))
@@ -185,16 +190,21 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, devices,
     _check_not_preempted(preemption)
     return _run_steps(exp, state, start_step, data_position, checkpointer, writer,
                       preemption, lock, compiling)
+  except KeyboardInterrupt:  # a second Ctrl-C: at once, without waiting for the compile
+    aborted = True
+    raise
   finally:
-    if not isinstance(sys.exc_info()[1], KeyboardInterrupt):  # a second Ctrl-C: at once
-      compiling.wait()  # no thread left inside XLA while the process exits
-    checkpointer.close()
-    writer.flush()
+    try:
+      if compiling is not None and not aborted:
+        compiling.wait()
+    finally:
+      checkpointer.close()
+      writer.flush()
 
 
 def _run_steps(exp: Experiment, state: TrainState, start_step: int, data_position: int,
                checkpointer: checkpoint.Checkpointer, writer, preemption: Preemption,
-               lock: WorkdirLock | None, compiling: BackgroundCompile) -> TrainState:
+               lock: WorkdirLock | None, compiling: BackgroundCompile | None) -> TrainState:
   config, workdir = exp.config, exp.workdir
   training = config.training
   total = int(training.num_train_steps)
@@ -219,6 +229,8 @@ def _run_steps(exp: Experiment, state: TrainState, start_step: int, data_positio
   # Compiled ahead of time (on a thread since start-up): the compile time is logged, and
   # the program's jaxpr gives the model FLOPs per step for TFLOP/s and MFU (lsgm_jax.flops).
   batch = parallel.global_batch(next(train_iter), exp.mesh)
+  if compiling is None:  # a finished run restored an older checkpoint (newer damaged)
+    compiling = exp.compile_train_step_in_background(int(training.batch_size))
   traced, train_step, compile_s = compiling.result(state, batch)
   flops_per_step = flops.count_jaxpr_flops(traced.jaxpr.jaxpr) or None
   device = jax.devices()[0]

@@ -38,7 +38,7 @@ class TrainState:
 
 
 def create_train_state(
-    params: PyTree, model_state: PyTree, tx: optax.GradientTransformation, rng: jax.Array
+    params: PyTree, model_state: PyTree, tx: optax.GradientTransformation | optim.GuardedAdam, rng: jax.Array
 ) -> TrainState:
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -77,7 +77,7 @@ def split_microbatches(batch: PyTree, num_microbatches: int) -> PyTree:
 
 def make_update_step(
     loss_fn: LossFn,
-    tx: optax.GradientTransformation,
+    tx: optax.GradientTransformation | optim.GuardedAdam,
     *,
     num_microbatches: int = 1,
     grad_clip: float = 0.0,

@@ -70,15 +70,23 @@ def test_the_step_compiles_on_a_thread_while_the_state_is_initialised(tmp_path, 
   monkeypatch.setattr(train.BackgroundCompile, "result", counted_result)
   state = train.train(config, str(tmp_path), devices=jax.devices()[:1])
   assert int(state.step) == 3
-  compile_start, _, thread = spans["compile"]
+  compile_start, compile_end, thread = spans["compile"]
   assert thread == "compile-train-step"
-  assert compile_start < spans["init"][1]  # started before the init had finished
+  assert compile_start < spans["init"][1] and compile_end > spans["init"][0]  # overlap
   assert len(traces) == 1 and traces[0] is spans["traced"]  # the thread's program
+
+  # A run already at num_train_steps compiles nothing.
+  started = []
+  monkeypatch.setattr(train.Experiment, "compile_train_step_in_background",
+                      lambda self, batch_size: started.append(batch_size))
+  assert int(train.train(config, str(tmp_path), devices=jax.devices()[:1]).step) == 3
+  assert started == []
 
 
 def test_a_batch_unlike_the_abstract_one_is_compiled_for(tmp_path):
   """A pipeline whose batch differs from ``abstract_train_batch`` still gets a program
-  for its real batch (compiled then), not the background one."""
+  for its real batch (compiled then), not the background one; an error on the compile
+  thread is raised in the caller's."""
   config = smoke_config()
   exp = train.Experiment(config, str(tmp_path), devices=jax.devices()[:1])
   state = exp.init_fn(exp.rng)
@@ -89,6 +97,14 @@ def test_a_batch_unlike_the_abstract_one_is_compiled_for(tmp_path):
   _, program, _ = wrong.result(state, real)
   new_state, metrics = program(state, real)
   assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+  def untraceable(state, batch):
+    raise ValueError("a trace-time error")
+
+  failing = train.BackgroundCompile(jax.jit(untraceable), exp.abstract_state,
+                                    exp.abstract_train_batch(8))
+  with pytest.raises(ValueError, match="a trace-time error"):  # in the caller's thread
+    failing.result(state, real)
   right = exp.compile_train_step_in_background(8)
   _, program, _ = right.result(None, real)  # matches: the thread's program, no state used
   new_state, _ = program(exp.init_fn(exp.rng), real)
