@@ -170,7 +170,11 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, devices,
   # The step compiles on a thread while the state is initialised or restored (not for a
   # run already at num_train_steps). An error or a signal during start-up is reported
   # once that compile is done: no thread is left inside XLA while the process exits.
+  # A missing dataset or earlier-stage checkpoint: its one line now, not after a compile.
+  data.check_train_data(config.data)
   latest = checkpointer.latest_step()
+  if latest is None:
+    exp.method.check_warm_start()
   compiling = (exp.compile_train_step_in_background(int(training.batch_size))
                if latest is None or latest < int(training.num_train_steps) else None)
   aborted = False

@@ -38,7 +38,8 @@ class TrainState:
 
 
 def create_train_state(
-    params: PyTree, model_state: PyTree, tx: optax.GradientTransformation | optim.GuardedAdam, rng: jax.Array
+    params: PyTree, model_state: PyTree,
+    tx: optax.GradientTransformation | optim.GuardedAdam, rng: jax.Array
 ) -> TrainState:
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -144,20 +145,16 @@ def make_update_step(
     def keep_if_ok(new, old):
       return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
-    def ema_of(params):
-      return jax.tree.map(
-          lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
-
     if isinstance(tx, optim.GuardedAdam):  # the same numbers, updated in place
       new_params, new_opt_state = tx.apply_if(
           grads, state.opt_state, state.params, ok, materialize=materialize)
-      new_ema = keep_if_ok(ema_of(new_params), state.ema_params)
     else:
       updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-      new_params = optax.apply_updates(state.params, updates)
-      new_ema = keep_if_ok(ema_of(new_params), state.ema_params)
-      new_params = keep_if_ok(new_params, state.params)
+      new_params = keep_if_ok(optax.apply_updates(state.params, updates), state.params)
       new_opt_state = keep_if_ok(new_opt_state, state.opt_state)
+    # The EMA reads the kept params (equal to the new ones whenever it is not discarded).
+    new_ema = keep_if_ok(jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                      state.ema_params, new_params), state.ema_params)
 
     skipped = (~ok).astype(jnp.int32)
     new_state = state.replace(

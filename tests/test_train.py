@@ -83,6 +83,26 @@ def test_the_step_compiles_on_a_thread_while_the_state_is_initialised(tmp_path, 
   assert started == []
 
 
+def test_a_missing_dataset_fails_before_the_step_compiles(tmp_path, monkeypatch):
+  """A missing dataset or earlier-stage checkpoint is reported before the background
+  compile starts, not after it (paper CLD-SGM, no CIFAR-10: 7 s instead of 38 s)."""
+  pytest.importorskip("tensorflow_datasets")
+  started = []
+  monkeypatch.setattr(train.Experiment, "compile_train_step_in_background",
+                      lambda self, batch_size: started.append(batch_size))
+  config = load_config("sgm_digits", "smoke")
+  config.data.name, config.data.image_size, config.data.num_channels = "cifar10", 32, 3
+  config.data.data_dir = str(tmp_path / "no_data")
+  with pytest.raises(FileNotFoundError, match="tfds build cifar10"):
+    train.train(config, str(tmp_path / "w"), devices=jax.devices()[:1])
+  # The same for an earlier stage's checkpoint a fresh start needs.
+  config = load_config("score_vae_digits", "encoder")
+  config.score_vae.prior_checkpoint = ""
+  with pytest.raises(ValueError, match="config.score_vae.prior_checkpoint is empty"):
+    train.train(config, str(tmp_path / "e"), devices=jax.devices()[:1])
+  assert started == []
+
+
 def test_a_batch_unlike_the_abstract_one_is_compiled_for(tmp_path):
   """A pipeline whose batch differs from ``abstract_train_batch`` still gets a program
   for its real batch (compiled then), not the background one; an error on the compile

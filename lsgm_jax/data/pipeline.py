@@ -75,6 +75,15 @@ def make_train_iterator(data_config: Any, *, global_batch_size: int, seed: int,
       local_batch_size=local, process_index=process_index)
 
 
+def check_train_data(data_config: Any) -> None:
+  """Fails now, as ``make_train_iterator`` would, if a TFDS dataset is not prepared (the
+  trainer calls it before it starts compiling, so that error is not kept waiting)."""
+  cfg = as_data_config(data_config)
+  if cfg.is_tfds:
+    from lsgm_jax.data import tfds_pipeline  # pylint: disable=g-import-not-at-top (imports TF)
+    tfds_pipeline.check_prepared(cfg)
+
+
 def make_eval_iterator(data_config: Any, *, global_batch_size: int, process_index: int = 0,
                        process_count: int = 1, split: str = "eval") -> Iterator[Batch]:
   """One finite pass over the held-out split, every example exactly once.

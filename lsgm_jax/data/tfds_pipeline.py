@@ -83,6 +83,13 @@ def _read(builder: tfds.core.DatasetBuilder, spec: catalog.TfdsSpec, cfg: DataCo
     raise _not_prepared(spec, builder, cfg) from e
 
 
+def check_prepared(cfg: DataConfig) -> None:
+  """Raises what ``train_iterator`` would for an unprepared dataset (FileNotFoundError
+  naming the ``tfds build`` step) without building a pipeline."""
+  spec = catalog.TFDS_DATASETS[cfg.name]
+  _read(_open_builder(spec, cfg), spec, cfg, spec.train_split, None)
+
+
 def _num_examples(builder: tfds.core.DatasetBuilder, ds: tf.data.Dataset, split) -> int:
   count = int(ds.cardinality())
   if count >= 0:
